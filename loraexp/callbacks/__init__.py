@@ -1,0 +1,10 @@
+"""Thin TrainerCallbacks (one per file); the math lives in :mod:`loraexp.analysis`."""
+
+from loraexp.callbacks.adapter_stats import AdapterStatsCallback
+from loraexp.callbacks.efficiency import EfficiencyCallback
+from loraexp.callbacks.frozen_base import FrozenBaseCallback
+from loraexp.callbacks.grad_flow import GradFlowCallback
+from loraexp.callbacks.history import HistoryCallback
+
+__all__ = ["AdapterStatsCallback", "EfficiencyCallback", "FrozenBaseCallback", "GradFlowCallback",
+           "HistoryCallback"]

@@ -1,0 +1,68 @@
+"""Command line: parse -> load config -> run the sweep -> print the summary.
+
+Exit codes: 0 every run completed; 1 some run failed (recorded in its metrics.json);
+2 bad input (config, task, model, target modules, data files), found before any training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from loraexp.config import ABLATION_TYPES, SWEEP_MODES, WANDB_MODES, load_config, parse_set_overrides
+from loraexp.errors import LoraexpError
+
+# CLI flag -> dotted config key
+FLAG_KEYS = {
+    "task": "task", "mode": "sweep.mode", "ablation_type": "sweep.ablation_type", "model": "model",
+    "seed": "seed", "output_dir": "output_dir", "data_dir": "data_dir",
+    "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
+    "max_steps": "training.max_steps", "wandb": "tracking.wandb",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="loraexp", description="LoRA fine-tuning experiments (single runs, sweeps, ablations) on PEFT.",
+        epilog="Flags override the YAML config; --set overrides both. Exit code 2 means bad input.")
+    p.add_argument("--config", help="YAML config file (see configs/).")
+    p.add_argument("--task", help="Task: sst2 | mrpc | rte.")
+    p.add_argument("--mode", choices=SWEEP_MODES, help="single run, lr x seed sweep, or ablation.")
+    p.add_argument("--ablation-type", choices=ABLATION_TYPES, help="Which ablation with --mode ablation.")
+    p.add_argument("--model", help="Model alias (minilm), Hub id or local directory.")
+    p.add_argument("--seed", type=int, help="Run seed.")
+    p.add_argument("--output-dir", help="Results root directory.")
+    p.add_argument("--data-dir", help="Local data directory (else $LORAEXP_DATA_DIR, else the Hub).")
+    p.add_argument("--max-train-samples", type=int, help="Training subset size (examples).")
+    p.add_argument("--max-eval-samples", type=int, help="Evaluation subset size (examples).")
+    p.add_argument("--max-steps", type=int, help="Optimizer steps (overrides epochs).")
+    p.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode.")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="Override any config key, e.g. --set lora.r=32 --set training.learning_rate=3e-4.")
+    p.add_argument("--rerun", action="store_true", help="Run again runs whose metrics.json says completed.")
+    p.add_argument("--no-progress", action="store_true", help="Hide the sweep progress bar.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python experiments/lora_finetune.py`` and the ``loraexp`` script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from loraexp.runner import run_sweep
+
+    try:
+        cli = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
+        cfg = load_config(args.config, overrides=parse_set_overrides(args.overrides), cli=cli)
+        result = run_sweep(cfg, rerun=args.rerun, progress=not args.no_progress)
+    except LoraexpError as exc:
+        print(f"loraexp: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nSweep {result.sweep_dir} ({len(result.runs)} runs):\n")
+    print(result.summary_markdown)
+    print(f"Summary written to {result.sweep_dir / 'summary.md'} and summary.csv")
+    return 0 if result.all_completed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

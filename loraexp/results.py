@@ -1,0 +1,157 @@
+"""Local results store (DESIGN.md, "Run identity and results").
+
+Layout: ``<output_dir>/<sweep>/<run>/`` with ``config.yaml``, ``metrics.json``,
+``history.jsonl`` and ``adapter/``; per sweep ``summary.csv`` and ``summary.md``.
+Every file except the append-only history is written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STATUS_COMPLETED = "completed"
+STATUS_FAILED = "failed"
+STATUS_FAILED_VERIFICATION = "failed_verification"
+STATUS_RUNNING = "running"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``,
+    so readers see either the old or the new file, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+class RunStore:
+    """Files of one run under ``run_dir``."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.config_path = self.run_dir / "config.yaml"
+        self.metrics_path = self.run_dir / "metrics.json"
+        self.history_path = self.run_dir / "history.jsonl"
+        self.adapter_dir = self.run_dir / "adapter"
+
+    def read_metrics(self) -> dict[str, Any] | None:
+        """The run's ``metrics.json``, or None if absent or unreadable."""
+        try:
+            return json.loads(self.metrics_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The run's saved ``config.yaml``, or None if absent or unreadable."""
+        try:
+            return yaml.safe_load(self.config_path.read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+
+    def is_completed(self) -> bool:
+        """True when ``metrics.json`` says ``completed``."""
+        return (self.read_metrics() or {}).get("status") == STATUS_COMPLETED
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, default=_json_default) + "\n")
+
+    def start_history(self) -> None:
+        """Truncate ``history.jsonl`` (a new attempt of the run starts a new history)."""
+        atomic_write_text(self.history_path, "")
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        """Append one JSON line (e.g. ``{"step": 10, "train/loss": 0.6}``)."""
+        with open(self.history_path, "a") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+
+
+SUMMARY_COLUMNS = ("run_name", "status", "r", "lora_alpha", "target_modules", "learning_rate", "seed",
+                   "eval_accuracy", "eval_f1", "lora_params", "trainable_params", "trainable_pct",
+                   "mean_effective_rank", "mean_utilization", "merge_max_abs_diff", "verification",
+                   "train_seconds", "run_id", "error")
+
+
+def summary_row(run_name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """One row of the sweep summary from a run's ``metrics.json`` content."""
+    cfg = metrics.get("config", {})
+    lora, training = cfg.get("lora", {}), cfg.get("training", {})
+    evals = metrics.get("eval", {})
+    eff = metrics.get("efficiency", {})
+    rank = metrics.get("lora_rank", {})
+    ver = metrics.get("verification", {})
+    targets = lora.get("target_modules")
+    return {
+        "run_name": run_name, "status": metrics.get("status"), "r": lora.get("r"),
+        "lora_alpha": lora.get("lora_alpha"),
+        "target_modules": targets if isinstance(targets, str) else "+".join(targets or []),
+        "learning_rate": training.get("learning_rate"), "seed": cfg.get("seed"),
+        "eval_accuracy": evals.get("accuracy"), "eval_f1": evals.get("f1"),
+        "lora_params": eff.get("lora_params"), "trainable_params": eff.get("trainable_params"),
+        "trainable_pct": eff.get("trainable_pct"),
+        "mean_effective_rank": rank.get("mean_effective_rank"), "mean_utilization": rank.get("mean_utilization"),
+        "merge_max_abs_diff": ver.get("merge_max_abs_diff"),
+        "verification": "passed" if ver.get("passed") else ("failed" if ver else None),
+        "train_seconds": metrics.get("training_efficiency", {}).get("train_seconds"),
+        "run_id": metrics.get("run_id"), "error": (metrics.get("error") or "")[:120] or None,
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_markdown(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of summary rows (columns with no value in any row are dropped)."""
+    columns = [c for c in SUMMARY_COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_summary(sweep_dir: str | os.PathLike, run_names: list[str]) -> str:
+    """Write ``summary.csv`` and ``summary.md`` for ``run_names`` (read back from each
+    run's ``metrics.json``; runs without one are listed as ``missing``). Returns the markdown."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for name in run_names:
+        metrics = RunStore(sweep_dir / name).read_metrics() or {"status": "missing"}
+        rows.append(summary_row(name, metrics))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
+    markdown = render_markdown(rows)
+    atomic_write_text(sweep_dir / "summary.md", markdown)
+    return markdown

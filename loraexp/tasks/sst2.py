@@ -1,0 +1,21 @@
+"""GLUE SST-2: binary sentiment of single sentences (Socher et al., 2013). Metric: accuracy."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from loraexp.tasks.base import ClassificationTask, read_tsv
+
+
+def read_sst2(path: Path) -> pd.DataFrame:
+    """``sentence<TAB>label`` with a header (GLUE's SST-2 TSV)."""
+    return read_tsv(path)
+
+
+SST2 = ClassificationTask(
+    name="sst2",
+    text_fields=("sentence",),
+    hub_config="sst2",
+    local_files={"train": "glue/sst2/train.tsv", "validation": "glue/sst2/dev.tsv"},
+    read_local=read_sst2,
+)

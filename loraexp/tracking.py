@@ -1,0 +1,67 @@
+"""Experiment tracking: W&B (online / offline) or a no-op tracker (disabled).
+
+The no-op tracker follows nanochat's ``DummyWandb``: same methods, does nothing, needs
+nothing. Offline W&B writes under the run directory and needs no network or login.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
+    def summary(self, metrics: dict[str, Any]) -> None: ...
+    def finish(self, exit_code: int = 0) -> None: ...
+
+
+class NoOpTracker:
+    """Tracker that records nothing (W&B disabled, or not the main process)."""
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        pass
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker:
+    """One W&B run: ``wandb.init(mode, project, entity, group, name, config, dir)``.
+
+    Args:
+        mode: ``online`` or ``offline``.
+        group: the sweep name, so runs of one sweep share a W&B group.
+        config: the resolved run config, stored as ``wandb.config``.
+        directory: where W&B writes its files (the run directory).
+    """
+
+    def __init__(self, mode: str, project: str, entity: str | None, group: str, name: str,
+                 config: dict[str, Any], directory: str):
+        import wandb
+
+        self._run = wandb.init(mode=mode, project=project, entity=entity, group=group, name=name,
+                               config=config, dir=directory, reinit="finish_previous")
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self._run.log(metrics, step=step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        self._run.summary.update(metrics)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self._run.finish(exit_code=exit_code)
+
+
+def make_tracker(mode: str, *, project: str, entity: str | None, group: str, name: str,
+                 config: dict[str, Any], directory: str, is_main_process: bool = True) -> Tracker:
+    """A :class:`WandbTracker` for ``online``/``offline``, else a :class:`NoOpTracker`
+    (also on non-main processes, so a multi-process run logs once)."""
+    if mode == "disabled" or not is_main_process:
+        return NoOpTracker()
+    return WandbTracker(mode, project, entity, group, name, config, directory)

@@ -1,0 +1,67 @@
+"""LoRA variants for ablations: pure functions from a base ``lora`` mapping to
+:class:`peft.LoraConfig` objects.
+
+Each ablation is defined once as an *axis* (a list of ``lora`` field overrides); the
+``*_ablation`` functions turn an axis into LoraConfigs for direct use with
+``get_peft_model``, and :mod:`loraexp.sweep` turns the same axes into run configs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft import LoraConfig
+
+from loraexp.target_modules import PRESET_NAMES, resolve_target_modules
+
+DEFAULT_RANKS = (4, 8, 16)
+DEFAULT_ALPHAS = (8, 16, 32)
+
+
+def rank_axis(ranks=DEFAULT_RANKS) -> list[dict[str, Any]]:
+    """Rank ablation: r in ``ranks`` with lora_alpha = 2r (so α/r stays 2)."""
+    return [{"r": r, "lora_alpha": 2 * r} for r in ranks]
+
+
+def alpha_axis(alphas=DEFAULT_ALPHAS, r: int = 8) -> list[dict[str, Any]]:
+    """Alpha ablation: lora_alpha in ``alphas`` at fixed r (scaling α/r varies)."""
+    return [{"r": r, "lora_alpha": a} for a in alphas]
+
+
+def module_axis(presets=PRESET_NAMES) -> list[dict[str, Any]]:
+    """Module ablation: one entry per preset name (or explicit list of module names)."""
+    return [{"target_modules": p} for p in presets]
+
+
+def lora_config(lora: dict[str, Any], model_type: str, **extra: Any) -> LoraConfig:
+    """Build a :class:`peft.LoraConfig` from a ``lora`` mapping, resolving a target-module
+    preset for ``model_type`` (see :mod:`loraexp.target_modules`). ``extra`` (e.g.
+    ``task_type``, ``modules_to_save``) is passed through.
+
+    Raises:
+        ConfigError: unknown preset or architecture without presets.
+        ValueError / TypeError: from PEFT's own validation of the fields.
+    """
+    fields = {**lora, **extra}
+    if "target_modules" in fields:
+        fields["target_modules"] = resolve_target_modules(fields["target_modules"], model_type)
+    return LoraConfig(**fields)
+
+
+def _ablate(base: dict[str, Any], axis: list[dict[str, Any]], model_type: str) -> list[LoraConfig]:
+    return [lora_config({**base, **point}, model_type) for point in axis]
+
+
+def rank_ablation(base: dict[str, Any], model_type: str, ranks=DEFAULT_RANKS) -> list[LoraConfig]:
+    """LoraConfigs for r in ``ranks`` with lora_alpha = 2r; other fields from ``base``."""
+    return _ablate(base, rank_axis(ranks), model_type)
+
+
+def alpha_ablation(base: dict[str, Any], model_type: str, alphas=DEFAULT_ALPHAS, r: int = 8) -> list[LoraConfig]:
+    """LoraConfigs for lora_alpha in ``alphas`` at rank ``r``; other fields from ``base``."""
+    return _ablate(base, alpha_axis(alphas, r), model_type)
+
+
+def module_ablation(base: dict[str, Any], model_type: str, presets=PRESET_NAMES) -> list[LoraConfig]:
+    """LoraConfigs, one per target-module preset (resolved for ``model_type``) or explicit list."""
+    return _ablate(base, module_axis(presets), model_type)
