@@ -326,9 +326,8 @@ def build_config(*layers: dict[str, Any], overrides: dict[str, Any] | None = Non
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     problems: list[str] = []
-    cfg = _build(ExperimentConfig, data, "", problems)
-    if not problems:
-        problems.extend(validate(cfg))
+    cfg = _build(ExperimentConfig, data, "", problems)  # unknown keys / wrong types are left out...
+    problems.extend(validate(cfg))                      # ...and every value that was kept is checked
     if problems:
         raise ConfigError(problems)
     return cfg

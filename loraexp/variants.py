@@ -48,20 +48,22 @@ def lora_config(lora: dict[str, Any], model_type: str, **extra: Any) -> LoraConf
     return LoraConfig(**fields)
 
 
-def _ablate(base: dict[str, Any], axis: list[dict[str, Any]], model_type: str) -> list[LoraConfig]:
-    return [lora_config({**base, **point}, model_type) for point in axis]
+def _ablate(base: dict[str, Any], axis: list[dict[str, Any]], model_type: str, extra: dict) -> list[LoraConfig]:
+    return [lora_config({**base, **point}, model_type, **extra) for point in axis]
 
 
-def rank_ablation(base: dict[str, Any], model_type: str, ranks=DEFAULT_RANKS) -> list[LoraConfig]:
-    """LoraConfigs for r in ``ranks`` with lora_alpha = 2r; other fields from ``base``."""
-    return _ablate(base, rank_axis(ranks), model_type)
+def rank_ablation(base: dict[str, Any], model_type: str, ranks=DEFAULT_RANKS, **extra: Any) -> list[LoraConfig]:
+    """LoraConfigs for r in ``ranks`` with lora_alpha = 2r; other fields from ``base``;
+    ``extra`` (e.g. ``task_type="SEQ_CLS"``) goes to every config. Same for the two below."""
+    return _ablate(base, rank_axis(ranks), model_type, extra)
 
 
-def alpha_ablation(base: dict[str, Any], model_type: str, alphas=DEFAULT_ALPHAS, r: int = 8) -> list[LoraConfig]:
+def alpha_ablation(base: dict[str, Any], model_type: str, alphas=DEFAULT_ALPHAS, r: int = 8,
+                   **extra: Any) -> list[LoraConfig]:
     """LoraConfigs for lora_alpha in ``alphas`` at rank ``r``; other fields from ``base``."""
-    return _ablate(base, alpha_axis(alphas, r), model_type)
+    return _ablate(base, alpha_axis(alphas, r), model_type, extra)
 
 
-def module_ablation(base: dict[str, Any], model_type: str, presets=PRESET_NAMES) -> list[LoraConfig]:
+def module_ablation(base: dict[str, Any], model_type: str, presets=PRESET_NAMES, **extra: Any) -> list[LoraConfig]:
     """LoraConfigs, one per target-module preset (resolved for ``model_type``) or explicit list."""
-    return _ablate(base, module_axis(presets), model_type)
+    return _ablate(base, module_axis(presets), model_type, extra)

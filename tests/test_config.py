@@ -1,0 +1,140 @@
+"""Config loading, overrides, validation errors, expansion into runs, and every shipped YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraexp.config import ExperimentConfig, build_config, load_config, parse_set_overrides
+from loraexp.errors import ConfigError
+from loraexp.sweep import expand, format_lr, run_name, sweep_name
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"lora.r": 0}, "`lora.r` must be a positive int, got 0"),
+    ({"lora.r": -4}, "`lora.r` must be a positive int, got -4"),
+    ({"lora.lora_alpha": 0}, "`lora.lora_alpha` must be a number > 0, got 0"),
+    ({"lora.lora_dropout": 1.0}, "`lora.lora_dropout` must be in [0, 1), got 1.0"),
+    ({"lora.target_modules": "everything"}, "preset 'everything' is unknown"),
+    ({"lora.rank": 8}, "unknown key `lora.rank`"),
+    ({"training.learning_rate": -1e-4}, "`training.learning_rate` must be a number > 0"),
+    ({"training.max_steps": 0}, "`training.max_steps` must be a positive int"),
+    ({"training.lerning_rate": 1e-4}, "unknown key `training.lerning_rate`"),
+    ({"training.output_dir": "x"}, "`training.output_dir` is set by loraexp"),
+    ({"task": "cola"}, "`task` 'cola' is unknown; allowed: mrpc, rte, sst2"),
+    ({"seed": "abc"}, "`seed` must be of type int, got 'abc'"),
+    ({"max_train_samples": 0}, "`max_train_samples` must be a positive int or null"),
+    ({"tracking.wandb": "cloud"}, "`tracking.wandb` must be one of online, offline, disabled, got 'cloud'"),
+    ({"tracking.colour": "red"}, "unknown key `tracking.colour`; allowed keys: wandb, project"),
+    ({"sweep.mode": "ablation"}, "`sweep.ablation_type` must be one of rank, alpha, modules, grid"),
+    ({"sweep.mode": "ablation", "sweep.ablation_type": "grid"}, "`sweep.grid` must map at least one"),
+    ({"learning_rate": 1e-4}, "unknown key `learning_rate`; allowed keys: task, model"),
+])
+def test_bad_values_name_field_value_and_allowed(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        build_config(overrides=overrides)
+    assert fragment in str(err.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        build_config({"lora": {"r": 0, "lora_dropout": 2}, "task": "cola", "bogus": 1})
+    problems = err.value.problems
+    assert len(problems) == 4
+    assert [p.split("`")[1] for p in problems] == ["bogus", "task", "lora.r", "lora.lora_dropout"]
+    assert str(err.value).startswith("4 problems in the config")
+
+
+def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  learning_rate: 3e-4\n")
+    assert load_config(path).training["learning_rate"] == 3e-4
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("task: sst2\nlora:\n  r: [8\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml.*not valid YAML at line"):
+        load_config(path)
+
+
+def test_precedence_defaults_yaml_flags_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\nlora:\n  r: 4\n")
+    cfg = load_config(path, cli={"seed": 7, "model": None}, overrides=parse_set_overrides(["lora.r=32"]))
+    assert (cfg.seed, cfg.lora["r"], cfg.lora["lora_alpha"], cfg.model) == (7, 32, 16, "minilm")
+
+
+def test_set_parses_yaml_values():
+    assert parse_set_overrides(["lora.target_modules=[query,key]", "training.learning_rate=1e-3", "x="]) == {
+        "lora.target_modules": ["query", "key"], "training.learning_rate": "1e-3", "x": None}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set_overrides(["lora.r"])
+
+
+def test_data_dir_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LORAEXP_DATA_DIR", "/data/here")
+    assert ExperimentConfig().resolved_data_dir() == "/data/here"
+    assert ExperimentConfig(data_dir="/explicit").resolved_data_dir() == "/explicit"
+
+
+def test_run_id_ignores_output_and_logging_only():
+    base = build_config()
+    assert build_config(overrides={"output_dir": "elsewhere", "tracking.wandb": "offline"}).run_id == base.run_id
+    assert build_config(overrides={"lora.r": 4}).run_id != base.run_id
+    assert build_config(overrides={"seed": 1}).run_id != base.run_id
+
+
+@pytest.mark.parametrize("overrides,count,names", [
+    ({}, 1, ["sst2-minilm-r8-a16-standard-lr2e-3-s42"]),
+    ({"sweep.mode": "ablation", "sweep.ablation_type": "rank"}, 3,
+     ["sst2-minilm-r4-a8-standard-lr2e-3-s42", "sst2-minilm-r8-a16-standard-lr2e-3-s42",
+      "sst2-minilm-r16-a32-standard-lr2e-3-s42"]),
+    ({"sweep.mode": "ablation", "sweep.ablation_type": "alpha"}, 3,
+     ["sst2-minilm-r8-a8-standard-lr2e-3-s42", "sst2-minilm-r8-a16-standard-lr2e-3-s42",
+      "sst2-minilm-r8-a32-standard-lr2e-3-s42"]),
+    ({"sweep.mode": "ablation", "sweep.ablation_type": "modules"}, 5, None),
+    ({"sweep.mode": "sweep"}, 6, None),
+    ({"sweep.mode": "ablation", "sweep.ablation_type": "grid",
+      "sweep.grid": {"lora.r": [4, 8], "lora.lora_dropout": [0.0, 0.1]}}, 4, None),
+])
+def test_expansion(overrides, count, names):
+    cfg = build_config(overrides=overrides)
+    runs = expand(cfg)
+    assert len(runs) == count
+    assert len({n for n, _ in runs}) == count and len({c.run_id for _, c in runs}) == count
+    assert all(c.sweep.mode == "single" and c.sweep.name == sweep_name(cfg) for _, c in runs)
+    if names:
+        assert [n for n, _ in runs] == names
+    assert [n for n, _ in expand(cfg)] == [n for n, _ in runs]  # stable
+
+
+def test_sweep_mode_is_learning_rates_times_seeds_with_warmup_ratio():
+    runs = expand(build_config(overrides={"sweep.mode": "sweep"}))
+    pairs = [(c.training["learning_rate"], c.seed) for _, c in runs]
+    assert pairs == [(1e-4, 42), (1e-4, 1337), (1e-4, 2024), (3e-4, 42), (3e-4, 1337), (3e-4, 2024)]
+    assert all(c.training["warmup_steps"] == 0.06 for _, c in runs)
+
+
+def test_grid_collisions_get_the_run_id():
+    cfg = build_config(overrides={"sweep.mode": "ablation", "sweep.ablation_type": "grid",
+                                  "sweep.grid": {"lora.lora_dropout": [0.0, 0.1]}})
+    (n1, c1), (n2, c2) = expand(cfg)
+    assert n1.endswith(c1.run_id) and n2.endswith(c2.run_id)
+
+
+@pytest.mark.parametrize("lr,text", [(3e-4, "3e-4"), (1e-3, "1e-3"), (1.5e-4, "1.5e-4"), (2e-5, "2e-5")])
+def test_format_lr(lr, text):
+    assert format_lr(lr) == text
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_validates_and_expands(path):
+    cfg = load_config(path)
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
+    runs = expand(cfg)
+    assert runs and all(run_name(c) in n for n, c in runs)

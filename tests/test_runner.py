@@ -1,0 +1,105 @@
+"""run_sweep / run_experiment end to end on a tiny local BERT and a tiny SST-2-style directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+
+from loraexp import runner
+from loraexp.config import build_config
+from loraexp.errors import ConfigError
+from loraexp.runner import run_sweep
+
+FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "training.logging_steps": 1,
+        "tracking.stats_every_steps": 3, "verification.latency_repeats": 1, "training.learning_rate": 1e-2}
+
+
+def config(model, data, out, **overrides):
+    return build_config(overrides={"model": model, "data_dir": data, "output_dir": str(out), **FAST, **overrides})
+
+
+def test_single_run_writes_design_layout(tiny_bert_dir, tiny_sst2_dir, tmp_path):
+    result = run_sweep(config(tiny_bert_dir, tiny_sst2_dir, tmp_path), progress=False)
+    (run,) = result.runs
+    assert run.status == "completed", run.metrics.get("error")
+    files = {p.name for p in run.run_dir.iterdir()}
+    assert {"config.yaml", "metrics.json", "history.jsonl", "adapter"} <= files
+    assert {p.name for p in (result.sweep_dir).iterdir()} >= {"summary.csv", "summary.md", run.run_name}
+
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["run_id"] == config(tiny_bert_dir, tiny_sst2_dir, tmp_path).run_id
+    ver = metrics["verification"]
+    assert ver["frozen_base"] and ver["grad_flow"] and ver["merge_equivalence"] and ver["passed"]
+    assert ver["merge_max_abs_diff"] <= 1e-4 < ver["adapter_vs_base_max_abs_diff"]
+    assert 0 <= metrics["eval"]["accuracy"] <= 1
+    eff = metrics["efficiency"]
+    assert eff["lora_params"] == 2 * 2 * 8 * (16 + 16)  # 2 layers x {query, value} x r(in + out)
+    assert eff["trainable_params"] == eff["lora_params"] + eff["head_params"] and eff["head_params"] == 16 * 2 + 2
+    assert metrics["training_efficiency"]["optimizer_steps"] == 6
+    assert metrics["training_efficiency"]["tokens_per_s"] > 0 and metrics["training_efficiency"]["peak_mem_bytes"] > 0
+    assert metrics["lora_rank"]["mean_effective_rank"] > 0
+    assert metrics["versions"]["peft"] and metrics["resolved"]["target_modules"] == ["query", "value"]
+
+    saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert build_config(saved).run_id == metrics["run_id"]  # the saved config reproduces the run identity
+    history = [json.loads(line) for line in (run.run_dir / "history.jsonl").read_text().splitlines()]
+    steps = [h["step"] for h in history if "train/loss" in h]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert any("train/grad_norm" in h and "train/learning_rate" in h for h in history)
+    assert any(any(k.startswith("lora_rank/") for k in h) for h in history if h["step"] == 3)
+    assert any("eval/accuracy" in h for h in history)
+
+    # the adapter loads with PEFT and reproduces the trained model's dev predictions
+    from transformers import AutoModelForSequenceClassification
+    loaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir),
+                                       run.run_dir / "adapter").eval()
+    assert any(".modules_to_save." in n for n, _ in loaded.named_parameters())
+    with torch.no_grad():
+        out = loaded(input_ids=torch.tensor([[101, 2307, 102]])).logits
+    assert out.shape == (1, 2)
+
+
+def test_completed_runs_are_skipped_unless_rerun(tiny_bert_dir, tiny_sst2_dir, tmp_path):
+    cfg = config(tiny_bert_dir, tiny_sst2_dir, tmp_path, **{"sweep.mode": "ablation", "sweep.ablation_type": "rank",
+                                                            "sweep.ranks": [2, 4]})
+    first = run_sweep(cfg, progress=False)
+    assert [r.status for r in first.runs] == ["completed", "completed"]
+    mtimes = [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in first.runs]
+    second = run_sweep(cfg, progress=False)
+    assert [r.status for r in second.runs] == ["skipped", "skipped"]
+    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in second.runs] == mtimes
+    assert second.summary_markdown == first.summary_markdown
+    third = run_sweep(cfg, rerun=True, progress=False)
+    assert [r.status for r in third.runs] == ["completed", "completed"]
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_continues(tiny_bert_dir, tiny_sst2_dir, tmp_path, monkeypatch):
+    real = runner.attach_lora
+
+    def flaky(model, lora, seed=None):
+        if lora["r"] == 2:
+            raise RuntimeError("simulated crash")
+        return real(model, lora, seed=seed)
+
+    monkeypatch.setattr(runner, "attach_lora", flaky)
+    cfg = config(tiny_bert_dir, tiny_sst2_dir, tmp_path, **{"sweep.mode": "ablation", "sweep.ablation_type": "rank",
+                                                            "sweep.ranks": [2, 4]})
+    result = run_sweep(cfg, progress=False)
+    assert [r.status for r in result.runs] == ["failed", "completed"]
+    failed = json.loads((result.runs[0].run_dir / "metrics.json").read_text())
+    assert failed["error"] == "RuntimeError: simulated crash" and "Traceback" in failed["traceback"]
+    assert "| failed |" in result.summary_markdown and not result.all_completed
+
+
+def test_a_run_directory_with_another_config_is_never_overwritten(tiny_bert_dir, tiny_sst2_dir, tmp_path):
+    cfg = config(tiny_bert_dir, tiny_sst2_dir, tmp_path)
+    (run,) = run_sweep(cfg, progress=False).runs
+    before = (run.run_dir / "metrics.json").read_bytes()
+    changed = config(tiny_bert_dir, tiny_sst2_dir, tmp_path, **{"lora.lora_dropout": 0.2})  # same run name
+    with pytest.raises(ConfigError, match="holds a different config"):
+        run_sweep(changed, progress=False)
+    assert (run.run_dir / "metrics.json").read_bytes() == before
