@@ -90,9 +90,9 @@ class VerificationConfig:
         "Max |logit difference| allowed between adapter and merged model; 1e-4 is PEFT's fp32 "
         "merge tolerance.", default=1e-4)
     merge_eval_batches: int = _help("Number of eval batches used by the merge-equivalence check.",
-                                    default=4)
+                                    default=2)
     latency_repeats: int = _help("Timed forward passes over those batches for merged-vs-adapter latency.",
-                                 default=3)
+                                 default=1)
 
 
 @dataclass

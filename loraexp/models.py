@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from loraexp.errors import ConfigError, ModelError
-from loraexp.target_modules import adaptable_module_names, matched_module_names, _summarise
+from loraexp.target_modules import adaptable_module_names, matched_module_names, summarise_module_names
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,6 @@ def attach_lora(model: torch.nn.Module, lora: dict[str, Any], seed: int | None =
     except ValueError as exc:
         if "not found in the base model" in str(exc) or "No modules were targeted" in str(exc):
             raise ConfigError(f"`lora.target_modules` {config.target_modules!r} matches no module; the model's "
-                              f"Linear modules are: {_summarise(adaptable_module_names(model))}") from None
+                              f"Linear modules are: {summarise_module_names(adaptable_module_names(model))}") from None
         raise
     return peft_model, config

@@ -21,13 +21,24 @@ import torch
 from loraexp.analysis.adapter_stats import aggregate_rank_metrics
 from loraexp.analysis.merge import check_merge_equivalence
 from loraexp.analysis.params import parameter_report
-from loraexp.callbacks import (AdapterStatsCallback, EfficiencyCallback, FrozenBaseCallback, GradFlowCallback,
-                               HistoryCallback)
+from loraexp.callbacks import (
+    AdapterStatsCallback,
+    EfficiencyCallback,
+    FrozenBaseCallback,
+    GradFlowCallback,
+    HistoryCallback,
+)
 from loraexp.config import ExperimentConfig, build_config
 from loraexp.errors import ConfigError, VerificationError
 from loraexp.models import attach_lora, load_classifier, load_model_config, resolve_model
-from loraexp.results import (STATUS_COMPLETED, STATUS_FAILED, STATUS_FAILED_VERIFICATION, STATUS_RUNNING, RunStore,
-                             write_sweep_summary)
+from loraexp.results import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_FAILED_VERIFICATION,
+    STATUS_RUNNING,
+    RunStore,
+    write_sweep_summary,
+)
 from loraexp.sweep import expand, sweep_name
 from loraexp.target_modules import matched_module_names, resolve_target_modules
 from loraexp.tasks import get_task
@@ -200,7 +211,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str) ->
         peft_model, lora_config = attach_lora(model, cfg.lora, seed=cfg.seed)
         record["resolved"] = {
             "model_path": resolve_model(cfg.model), "model_type": model.config.model_type,
-            "target_modules": lora_config.target_modules, "modules_to_save": sorted(set(lora_config.modules_to_save or [])),
+            "target_modules": lora_config.target_modules,
+            "modules_to_save": sorted(set(lora_config.modules_to_save or [])),
             "data_dir": data_dir or f"hub:{task.hub_dataset}/{task.hub_config}",
             "train_examples": len(train_data), "eval_examples": len(eval_data),
         }

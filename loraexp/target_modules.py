@@ -89,22 +89,6 @@ def resolve_target_modules(spec: str | list[str], model_type: str) -> list[str] 
     return sorted(value) if isinstance(value, list) else value
 
 
-def preset_label(target_modules: list[str] | str, model_type: str) -> str:
-    """Short readable label of resolved ``target_modules`` for run names: the preset name
-    when it equals one, else the module names' last parts joined by ``+``."""
-    if target_modules == "all-linear":
-        return "all-linear"
-    presets = PRESETS.get(FAMILIES.get(model_type, ""), {})
-    # "standard" first: for GPT-2 minimal and standard are both c_attn.
-    for name in ("standard", "attention", "mlp", "minimal"):
-        value = presets.get(name)
-        if value is not None and (sorted(value) if isinstance(value, list) else value) == target_modules:
-            return name
-    if isinstance(target_modules, str):
-        return "regex"
-    return "+".join(t.split(".")[-1] for t in target_modules)
-
-
 def adaptable_module_names(model: torch.nn.Module) -> list[str]:
     """Names of the modules LoRA can adapt (``nn.Linear`` and GPT-2's ``Conv1D``), in model order."""
     return [name for name, module in model.named_modules()
@@ -126,11 +110,11 @@ def matched_module_names(model: torch.nn.Module, target_modules: list[str] | str
     if not matched:
         raise ConfigError(
             f"`lora.target_modules` {target_modules!r} matches no module of the model; its Linear modules are: "
-            f"{_summarise(candidates)}")
+            f"{summarise_module_names(candidates)}")
     return matched
 
 
-def _summarise(names: Iterable[str]) -> str:
+def summarise_module_names(names: Iterable[str]) -> str:
     """Distinct names with layer indices collapsed (``encoder.layer.*.attention.self.query``)."""
     import re
 

@@ -31,7 +31,8 @@ def test_single_run_writes_design_layout(tiny_bert_dir, tiny_sst2_dir, tmp_path)
     assert {p.name for p in (result.sweep_dir).iterdir()} >= {"summary.csv", "summary.md", run.run_name}
 
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["run_id"] == config(tiny_bert_dir, tiny_sst2_dir, tmp_path).run_id
+    assert metrics["status"] == "completed"
+    assert metrics["run_id"] == config(tiny_bert_dir, tiny_sst2_dir, tmp_path).run_id
     ver = metrics["verification"]
     assert ver["frozen_base"] and ver["grad_flow"] and ver["merge_equivalence"] and ver["passed"]
     assert ver["merge_max_abs_diff"] <= 1e-4 < ver["adapter_vs_base_max_abs_diff"]

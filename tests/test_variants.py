@@ -30,7 +30,8 @@ EXPECTED = {  # (architecture, preset) -> adapted modules, layer index collapsed
     ("llama", "standard"): {L + "self_attn.q_proj", L + "self_attn.v_proj"},
     ("llama", "attention"): {L + f"self_attn.{p}_proj" for p in "qkvo"},
     ("llama", "mlp"): {L + f"mlp.{p}_proj" for p in ("gate", "up", "down")},
-    ("llama", "all-linear"): {L + f"self_attn.{p}_proj" for p in "qkvo"} | {L + f"mlp.{p}_proj" for p in ("gate", "up", "down")},
+    ("llama", "all-linear"): {L + f"self_attn.{p}_proj" for p in "qkvo"}
+    | {L + f"mlp.{p}_proj" for p in ("gate", "up", "down")},
     ("gpt2", "minimal"): {G + "attn.c_attn"},
     ("gpt2", "standard"): {G + "attn.c_attn"},
     ("gpt2", "attention"): {G + "attn.c_attn", G + "attn.c_proj"},
