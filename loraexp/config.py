@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,11 +187,12 @@ def _coerce_number(value: Any) -> Any:
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (from YAML) fits the field annotation ``hint`` (int is a float; bool is not an int)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
         return True
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in args)
     if hint is type(None):
         return value is None
@@ -199,8 +201,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(
-            value, list)
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if isinstance(hint, type):

@@ -77,9 +77,11 @@ class RunStore:
         return (self.read_metrics() or {}).get("status") == STATUS_COMPLETED
 
     def write_config(self, config: dict[str, Any]) -> None:
+        """Atomically write the resolved config as ``config.yaml``."""
         atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """Atomically write ``metrics.json`` (sets become sorted lists, tensors numbers)."""
         atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, default=_json_default) + "\n")
 
     def start_history(self) -> None:

@@ -88,7 +88,7 @@ def package_versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------
 
 
-def _check_targets(model_name: str, model_config, num_labels: int, target_modules) -> None:
+def _check_targets(model_config, num_labels: int, target_modules) -> None:
     """Match target modules on a weightless (meta-device) copy of the model."""
     from transformers import AutoModelForSequenceClassification
 
@@ -142,7 +142,7 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
         key = (cfg.model, repr(cfg.lora.get("target_modules")))
         if key not in checked:
             model_config = load_model_config(cfg.model, cfg.trust_remote_code)
-            _check_targets(cfg.model, model_config, task.num_labels, cfg.lora.get("target_modules", "standard"))
+            _check_targets(model_config, task.num_labels, cfg.lora.get("target_modules", "standard"))
             checked.add(key)
     _check_output_dir(sweep_dir, runs)
 
@@ -192,9 +192,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str) ->
         store.append_history({"step": step, **metrics})
         tracker.log(metrics, step=step)
 
-    frozen, grad_flow, efficiency = FrozenBaseCallback(), GradFlowCallback(cfg.verification.grad_flow_steps), \
-        EfficiencyCallback()
+    frozen = FrozenBaseCallback()
+    grad_flow = GradFlowCallback(cfg.verification.grad_flow_steps)
     stats = AdapterStatsCallback(log, every=cfg.tracking.stats_every_steps)
+    efficiency = EfficiencyCallback()
     verification: dict[str, Any] = {}
     try:
         # seed -> data
@@ -248,7 +249,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str) ->
         verification["passed"] = passed
         record["status"] = STATUS_COMPLETED if passed else STATUS_FAILED_VERIFICATION
         if not passed:
-            record["error"] = merge.get("reason", "a verification check failed")
+            reasons = [r for r in (grad_flow.result.get("reason"), merge.get("reason")) if r]
+            record["error"] = "; ".join(reasons) or "a verification check failed"
     except VerificationError as exc:
         verification.update(frozen.result, **grad_flow.result, passed=False)
         record.update(status=STATUS_FAILED_VERIFICATION, error=str(exc))
