@@ -54,3 +54,44 @@ def test_small_real_rank_sweep_end_to_end(data_dir, minilm_path, tmp_path, monke
             with model.disable_adapter():
                 plain = model(**batch).logits
         assert not torch.allclose(adapted, plain)
+
+
+TINY = ["--max-steps", "4", "--max-train-samples", "64", "--max-eval-samples", "32",
+        "--set", "training.per_device_train_batch_size=8", "--set", "verification.latency_repeats=1", "--no-progress"]
+
+
+@pytest.mark.parametrize("argv,runs,metric_keys", [
+    (["--task", "mrpc", "--mode", "sweep"], 6, {"accuracy", "f1"}),
+    (["--task", "rte", "--mode", "single", "--seed", "42"], 1, {"accuracy"}),
+    (["--task", "sst2", "--mode", "ablation", "--ablation-type", "modules"], 5, {"accuracy"}),
+    (["--task", "sst2", "--mode", "ablation", "--ablation-type", "alpha"], 3, {"accuracy"}),
+    (["--config", "configs/sst2.yaml", "--set", "lora.r=32"], 1, {"accuracy"}),
+    (["--config", "configs/grid_rank_lr.yaml"], 4, {"accuracy"}),
+], ids=["mrpc-sweep", "rte-single", "sst2-modules", "sst2-alpha", "config-set", "grid"])
+def test_readme_commands_on_real_data(data_dir, minilm_path, tmp_path, monkeypatch, argv, runs, metric_keys):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    code = main(argv + ["--data-dir", data_dir, "--output-dir", str(tmp_path), "--wandb", "disabled", *TINY])
+    assert code == 0
+    (sweep_dir,) = list(tmp_path.iterdir())
+    run_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert len(run_dirs) == runs
+    for run_dir in run_dirs:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "completed", metrics.get("error")
+        assert metric_keys <= set(metrics["eval"])
+        if "lora.r=32" in argv:
+            assert metrics["config"]["lora"]["r"] == 32 and metrics["efficiency"]["lora_params"] == 6 * 2 * 32 * 768
+
+
+def test_training_on_real_sst2_learns(data_dir, minilm_path, tmp_path):
+    """100 optimizer steps on 3,200 real SST-2 examples move dev accuracy well above chance
+    (0.51 for this dev set); the full 10,000-example default reaches 0.83-0.85 (README)."""
+    code = main(["--task", "sst2", "--data-dir", data_dir, "--output-dir", str(tmp_path), "--wandb", "disabled",
+                 "--max-train-samples", "3200", "--max-eval-samples", "400", "--no-progress"])
+    assert code == 0
+    (run_dir,) = [p for p in (tmp_path / "sst2-single").iterdir() if p.is_dir()]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["training_efficiency"]["optimizer_steps"] == 100
+    assert metrics["eval"]["accuracy"] >= 0.72, metrics["eval"]
