@@ -245,6 +245,7 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in update.items():
+        # a later sweep.grid replaces an earlier one: merging two grids would silently add axes
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "grid":
             out[key] = _deep_merge(out[key], value)
         else:
@@ -253,11 +254,7 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``data['a']['b'] = value`` for ``key = 'a.b'``, creating mappings on the way.
-
-    Only the first dot splits for the pass-through mappings ``lora`` and ``training``
-    (their keys never contain dots), and every dot splits elsewhere.
-    """
+    """Set ``data['a']['b'] = value`` for ``key = 'a.b'``, creating mappings on the way."""
     parts = key.split(".")
     node = data
     for part in parts[:-1]:

@@ -7,6 +7,7 @@ scikit-learn (accuracy; F1 of the positive class as GLUE reports for MRPC).
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,5 @@ class ClassificationTask:
 
 def read_tsv(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     """Read a GLUE TSV: header row, tab-separated, no quoting (quotes are part of the text)."""
-    import csv
-
     return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding=encoding, keep_default_na=False,
                        dtype=str)
