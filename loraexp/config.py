@@ -450,9 +450,8 @@ def validate(cfg: ExperimentConfig) -> list[str]:
             problems.append(f"`sweep.grid.{key}` must be a non-empty list, got {values!r}")
         if key.split(".")[0] not in {f.name for f in dataclasses.fields(ExperimentConfig)}:
             problems.append(f"`sweep.grid` key {key!r} is not a config field")
-    for name in ("ranks", "seeds"):
-        if not all(_positive_int(x) or (name == "seeds" and isinstance(x, int)) for x in getattr(s, name)):
-            problems.append(f"`sweep.{name}` must be a list of positive ints, got {getattr(s, name)!r}")
+    if not all(_positive_int(x) for x in s.ranks):
+        problems.append(f"`sweep.ranks` must be a list of positive ints, got {s.ranks!r}")
     if s.name is not None and (not s.name or "/" in s.name or s.name in (".", "..")):
         problems.append(f"`sweep.name` must be a plain directory name, got {s.name!r}")
     return problems

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from loraexp.errors import ConfigError, ModelError
-from loraexp.target_modules import adaptable_module_names, matched_module_names, summarise_module_names
+from loraexp.target_modules import matched_module_names
 
 logger = logging.getLogger(__name__)
 
@@ -131,18 +131,12 @@ def attach_lora(model: torch.nn.Module, lora: dict[str, Any], seed: int | None =
         extra["modules_to_save"] = head_module_names(model) or None
     try:
         config = lora_config(lora, model.config.model_type, **extra)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
         raise ConfigError(f"`lora` was rejected by peft.LoraConfig: {exc}") from None
-    matched_module_names(model, config.target_modules)  # clear error listing Linear modules
+    # PEFT's own matching; raises with the model's Linear module names before get_peft_model can
+    matched_module_names(model, config.target_modules)
     if seed is not None:
         torch.manual_seed(seed)
-    try:
-        peft_model = get_peft_model(model, config)
-    except ValueError as exc:
-        if "not found in the base model" in str(exc) or "No modules were targeted" in str(exc):
-            raise ConfigError(f"`lora.target_modules` {config.target_modules!r} matches no module; the model's "
-                              f"Linear modules are: {summarise_module_names(adaptable_module_names(model))}") from None
-        raise
-    return peft_model, config
+    return get_peft_model(model, config), config

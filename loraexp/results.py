@@ -21,6 +21,7 @@ STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
 STATUS_FAILED_VERIFICATION = "failed_verification"
 STATUS_RUNNING = "running"
+STATUS_SKIPPED = "skipped"  # completed earlier; not run again
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -9,6 +9,7 @@ the sweep summary.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from loraexp.results import (
     STATUS_FAILED,
     STATUS_FAILED_VERIFICATION,
     STATUS_RUNNING,
+    STATUS_SKIPPED,
     RunStore,
     write_sweep_summary,
 )
@@ -69,7 +71,7 @@ class SweepResult:
 
     @property
     def all_completed(self) -> bool:
-        return all(r.status in (STATUS_COMPLETED, "skipped") for r in self.runs)
+        return all(r.status in (STATUS_COMPLETED, STATUS_SKIPPED) for r in self.runs)
 
 
 def package_versions() -> dict[str, str]:
@@ -102,7 +104,7 @@ def _check_output_dir(sweep_dir: Path, runs: list[tuple[str, ExperimentConfig]])
     root = sweep_dir
     while not root.exists():
         root = root.parent
-    if not root.is_dir() or not _writable(root):
+    if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"`output_dir` {str(sweep_dir.parent)!r} is not writable (checked {str(root)!r})")
     for name, cfg in runs:
         saved = RunStore(sweep_dir / name).read_config()
@@ -118,12 +120,6 @@ def _check_output_dir(sweep_dir: Path, runs: list[tuple[str, ExperimentConfig]])
                 f"{cfg.run_id}); set another `output_dir` or `sweep.name`, or delete that directory")
 
 
-def _writable(path: Path) -> bool:
-    import os
-
-    return os.access(path, os.W_OK | os.X_OK)
-
-
 def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None:
     """Fail before any training, writing nothing, if any run cannot start: unknown task,
     missing data file, unloadable model, target modules matching nothing, output directory
@@ -133,6 +129,7 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
         ConfigError | DataError | ModelError: the first problem found.
     """
     checked: set = set()
+    model_configs: dict[str, Any] = {}  # config.json read once per model
     for _, cfg in runs:
         task = get_task(cfg.task)
         key = (cfg.task, cfg.resolved_data_dir())
@@ -141,8 +138,9 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
             checked.add(key)
         key = (cfg.model, repr(cfg.lora.get("target_modules")))
         if key not in checked:
-            model_config = load_model_config(cfg.model, cfg.trust_remote_code)
-            _check_targets(model_config, task.num_labels, cfg.lora.get("target_modules", "standard"))
+            if cfg.model not in model_configs:
+                model_configs[cfg.model] = load_model_config(cfg.model, cfg.trust_remote_code)
+            _check_targets(model_configs[cfg.model], task.num_labels, cfg.lora.get("target_modules", "standard"))
             checked.add(key)
     _check_output_dir(sweep_dir, runs)
 
@@ -179,13 +177,14 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str) ->
 
     store = RunStore(run_dir)
     started = time.time()
+    resolved_config = cfg.to_dict()
     record: dict[str, Any] = {"status": STATUS_RUNNING, "run_id": cfg.run_id, "run_name": run_name,
-                              "sweep": cfg.sweep.name, "config": cfg.to_dict(), "versions": package_versions()}
-    store.write_config(cfg.to_dict())
+                              "sweep": cfg.sweep.name, "config": resolved_config, "versions": package_versions()}
+    store.write_config(resolved_config)
     store.write_metrics(record)
     store.start_history()
     tracker = make_tracker(cfg.tracking.wandb, project=cfg.tracking.project, entity=cfg.tracking.entity,
-                           group=cfg.sweep.name or run_name, name=run_name, config=cfg.to_dict(),
+                           group=cfg.sweep.name or run_name, name=run_name, config=resolved_config,
                            directory=str(store.run_dir))
 
     def log(metrics: dict[str, Any], step: int) -> None:
@@ -301,7 +300,7 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True)
         store = RunStore(sweep_dir / name)
         if store.is_completed() and not rerun:
             logger.info("skipping %s: already completed", name)
-            results.append(RunResult(name, store.run_dir, "skipped", store.read_metrics() or {}))
+            results.append(RunResult(name, store.run_dir, STATUS_SKIPPED, store.read_metrics() or {}))
             continue
         results.append(run_experiment(run_cfg, store.run_dir, name))
     bar.close()

@@ -8,6 +8,7 @@ always accepted as is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import torch
@@ -116,8 +117,6 @@ def matched_module_names(model: torch.nn.Module, target_modules: list[str] | str
 
 def summarise_module_names(names: Iterable[str]) -> str:
     """Distinct names with layer indices collapsed (``encoder.layer.*.attention.self.query``)."""
-    import re
-
     seen: dict[str, None] = {}
     for n in names:
         seen[re.sub(r"\.\d+\.", ".*.", n)] = None
