@@ -10,7 +10,14 @@ import argparse
 import logging
 import sys
 
-from loraexp.config import ABLATION_TYPES, SWEEP_MODES, WANDB_MODES, load_config, parse_set_overrides
+from loraexp.config import (
+    ABLATION_TYPES,
+    QUANT_METHODS,
+    SWEEP_MODES,
+    WANDB_MODES,
+    load_config,
+    parse_set_overrides,
+)
 from loraexp.errors import LoraexpError
 
 # CLI flag -> dotted config key
@@ -18,7 +25,8 @@ FLAG_KEYS = {
     "task": "task", "mode": "sweep.mode", "ablation_type": "sweep.ablation_type", "model": "model",
     "seed": "seed", "output_dir": "output_dir", "data_dir": "data_dir",
     "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
-    "max_steps": "training.max_steps", "wandb": "tracking.wandb",
+    "max_steps": "training.max_steps", "wandb": "tracking.wandb", "quantization": "quantization.method",
+    "double_quant": "quantization.double_quant", "export_merged": "export_merged",
 }
 
 
@@ -27,10 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loraexp", description="LoRA fine-tuning experiments (single runs, sweeps, ablations) on PEFT.",
         epilog="Flags override the YAML config; --set overrides both. Exit code 2 means bad input.")
     p.add_argument("--config", help="YAML config file (see configs/).")
-    p.add_argument("--task", help="Task: sst2 | mrpc | rte.")
+    p.add_argument("--task", help="Task: sst2 | mrpc | rte | shakespeare | lima | gsm8k.")
     p.add_argument("--mode", choices=SWEEP_MODES, help="single run, lr x seed sweep, or ablation.")
     p.add_argument("--ablation-type", choices=ABLATION_TYPES, help="Which ablation with --mode ablation.")
-    p.add_argument("--model", help="Model alias (minilm), Hub id or local directory.")
+    p.add_argument("--model", help="Model alias (minilm, smollm2-135m), Hub id or local directory.")
     p.add_argument("--seed", type=int, help="Run seed.")
     p.add_argument("--output-dir", help="Results root directory.")
     p.add_argument("--data-dir", help="Local data directory (else $LORAEXP_DATA_DIR, else the Hub).")
@@ -38,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval-samples", type=int, help="Evaluation subset size (examples).")
     p.add_argument("--max-steps", type=int, help="Optimizer steps (overrides epochs).")
     p.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode.")
+    p.add_argument("--quantization", choices=QUANT_METHODS, help="Quantize the frozen base (QLoRA: nf4).")
+    p.add_argument("--double-quant", action="store_true", default=None,
+                   help="4-bit double quantization (quantization.double_quant).")
+    p.add_argument("--save-steps", type=int, help="Save a Trainer checkpoint every N optimizer steps (for --resume).")
+    p.add_argument("--export-merged", action="store_true", default=None,
+                   help="Save the merged model to <run>/merged after the merge check passes.")
+    p.add_argument("--resume", action="store_true",
+                   help="Continue unfinished runs from their last checkpoint (adapter, optimizer, scheduler, RNG).")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="Override any config key, e.g. --set lora.r=32 --set training.learning_rate=3e-4.")
     p.add_argument("--rerun", action="store_true", help="Run again runs whose metrics.json says completed.")
@@ -53,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cli = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
+        if args.save_steps is not None:
+            cli.update({"training.save_strategy": "steps", "training.save_steps": args.save_steps})
         cfg = load_config(args.config, overrides=parse_set_overrides(args.overrides), cli=cli)
-        result = run_sweep(cfg, rerun=args.rerun, progress=not args.no_progress)
+        result = run_sweep(cfg, rerun=args.rerun, progress=not args.no_progress, resume=args.resume)
     except LoraexpError as exc:
         print(f"loraexp: error: {exc}", file=sys.stderr)
         return 2

@@ -31,7 +31,9 @@ from loraexp.errors import ConfigError
 DATA_DIR_ENV = "LORAEXP_DATA_DIR"
 WANDB_MODES = ("online", "offline", "disabled")
 SWEEP_MODES = ("single", "sweep", "ablation")
-ABLATION_TYPES = ("rank", "alpha", "modules", "grid")
+ABLATION_TYPES = ("rank", "alpha", "modules", "quantization", "grid")
+QUANT_METHODS = ("none", "nf4", "fp4", "int8")
+DTYPES = ("float32", "bfloat16", "float16")
 
 # Fields of TrainingArguments that loraexp sets itself from the run's identity and layout.
 RESERVED_TRAINING_KEYS = ("output_dir", "seed", "report_to", "run_name")
@@ -88,12 +90,44 @@ class VerificationConfig:
         "Number of first optimizer steps whose LoRA gradients are checked (>= 2: lora_A grads are "
         "only non-zero once lora_B has moved away from its zero init).", default=2)
     merge_atol: float = _help(
-        "Max |logit difference| allowed between adapter and merged model; 1e-4 is PEFT's fp32 "
-        "merge tolerance.", default=1e-4)
+        "Max |difference| (in merge_space) allowed between adapter and merged model; 1e-4 is PEFT's "
+        "fp32 merge tolerance.", default=1e-4)
+    merge_space: str = _help(
+        "Where merged and adapter outputs are compared: logits | probs | auto (logits for a classifier; "
+        "next-token probabilities for a causal LM, whose logits over a large vocabulary after many layers "
+        "differ by ~1e-4 from fp32 rounding alone).", default="auto")
+    quantized_merge_atol: float = _help(
+        "Quantized base: max |probability difference| between the merged full-precision model and the "
+        "full-precision adapter model; 1e-2 is PEFT's tolerance for quantized merges.", default=1e-2)
     merge_eval_batches: int = _help("Number of eval batches used by the merge-equivalence check.",
                                     default=2)
     latency_repeats: int = _help("Timed forward passes over those batches for merged-vs-adapter latency.",
                                  default=1)
+
+
+@dataclass
+class QuantizationConfig:
+    """bitsandbytes quantization of the frozen base (QLoRA, Dettmers et al. 2023)."""
+
+    method: str = _help("none | nf4 | fp4 (4-bit, QLoRA) | int8 (LLM.int8()).", default="none")
+    double_quant: bool = _help("4-bit only: quantize the quantization constants too (QLoRA §3, "
+                               "'double quantization'; ~0.37 bits/param saved).", default=False)
+    compute_dtype: str = _help("dtype of the 4-bit matmuls: float32 | bfloat16 | float16.", default="float32")
+    gradient_checkpointing: bool = _help(
+        "With a quantized base: gradient checkpointing with input grads enabled "
+        "(peft.prepare_model_for_kbit_training).", default=True)
+
+
+@dataclass
+class EvaluationConfig:
+    """Evaluation beyond the task's eval loss/metric (causal-LM tasks)."""
+
+    base_model: bool = _help("Causal LM: also evaluate the base model (adapters disabled) before "
+                             "training, reported as base_eval beside eval.", default=True)
+    generation_samples: int = _help("Tasks scored by generation (gsm8k): number of eval questions "
+                                    "(the first N of the split).", default=50)
+    max_new_tokens: int = _help("Tasks scored by generation: greedy decoding budget, in tokens.", default=256)
+    generation_batch_size: int = _help("Prompts generated together (left-padded).", default=8)
 
 
 @dataclass
@@ -102,7 +136,8 @@ class SweepConfig:
 
     mode: str = _help("single | sweep (learning rates x seeds) | ablation (see ablation_type).",
                       default="single")
-    ablation_type: str | None = _help("rank | alpha | modules | grid; required when mode is ablation.",
+    ablation_type: str | None = _help("rank | alpha | modules | quantization | grid; required when mode is "
+                                      "ablation.",
                                       default=None)
     name: str | None = _help("Sweep directory name under output_dir; default '<task>-<mode>[-<type>]'.",
                              default=None)
@@ -115,6 +150,9 @@ class SweepConfig:
                                default_factory=lambda: ["minimal", "standard", "attention", "mlp", "all-linear"])
     learning_rates: list[float] = _help("Sweep mode: learning rates.", default_factory=lambda: [1e-4, 3e-4])
     seeds: list[int] = _help("Sweep mode: seeds.", default_factory=lambda: [42, 1337, 2024])
+    quantizations: list[str] = _help(
+        "Quantization ablation: none | nf4 | nf4-dq (nf4 + double quantization) | fp4 | fp4-dq | int8.",
+        default_factory=lambda: ["none", "nf4", "nf4-dq"])
     grid: dict[str, list] = _help(
         "Grid ablation: dotted config keys mapped to lists of values; runs are their cartesian product, "
         "e.g. {'lora.r': [4, 8], 'training.learning_rate': [1e-4, 3e-4]}.", default_factory=dict)
@@ -124,8 +162,13 @@ class SweepConfig:
 class ExperimentConfig:
     """Everything that defines one run (and, through ``sweep``, how to expand it)."""
 
-    task: str = _help("Task name: sst2 | mrpc | rte.", default="sst2")
-    model: str = _help("Model alias (e.g. 'minilm'), Hub id or local directory.", default="minilm")
+    task: str = _help("Task name: sst2 | mrpc | rte (classification); shakespeare | lima | gsm8k "
+                      "(causal LM; sst2 with a causal LM is scored with a verbalizer).", default="sst2")
+    model: str = _help("Model alias ('minilm', 'smollm2-135m'), Hub id or local directory. A model whose "
+                       "architecture is *ForCausalLM is trained as a causal LM, others with a "
+                       "classification head.", default="minilm")
+    model_dtype: str = _help("dtype the base model's weights are loaded in: float32 | bfloat16 | float16.",
+                             default="float32")
     data_dir: str | None = _help(
         f"Directory with local task files (layout of shared/data); None reads ${DATA_DIR_ENV}, "
         "and if that is unset too, the Hugging Face Hub.", default=None)
@@ -137,7 +180,10 @@ class ExperimentConfig:
                            "run of a sweep sees the same examples.", default=0)
     max_eval_samples: int | None = _help("Evaluate on the first N dev examples; None = the whole split.",
                                          default=None)
-    max_seq_length: int = _help("Tokenizer truncation length, in tokens.", default=128)
+    max_seq_length: int = _help("Tokenizer truncation length, in tokens (block length of packed language "
+                                "modelling).", default=128)
+    export_merged: bool = _help("Save the merged model (save_pretrained) to <run>/merged when the merge check "
+                                "passes.", default=False)
     trust_remote_code: bool = _help("Allow models with custom code from the Hub (off unless asked).",
                                     default=False)
     lora: dict[str, Any] = _help(
@@ -146,6 +192,8 @@ class ExperimentConfig:
     training: dict[str, Any] = _help(
         "Passed to transformers.TrainingArguments (except output_dir, seed, report_to, run_name, which "
         "loraexp sets).", default_factory=lambda: dict(DEFAULT_TRAINING))
+    quantization: QuantizationConfig = _help("Quantized base (QLoRA).", default_factory=QuantizationConfig)
+    evaluation: EvaluationConfig = _help("Base-model and generation evaluation.", default_factory=EvaluationConfig)
     tracking: TrackingConfig = _help("W&B and statistics cadence.", default_factory=TrackingConfig)
     verification: VerificationConfig = _help("Run-time verification.", default_factory=VerificationConfig)
     sweep: SweepConfig = _help("Expansion into several runs.", default_factory=SweepConfig)
@@ -384,6 +432,28 @@ def _validate_lora(lora: dict[str, Any]) -> list[str]:
     return problems
 
 
+# sweep.quantizations value -> quantization overrides
+QUANT_ABLATION_POINTS: dict[str, dict[str, Any]] = {
+    "none": {"method": "none", "double_quant": False},
+    "nf4": {"method": "nf4", "double_quant": False},
+    "nf4-dq": {"method": "nf4", "double_quant": True},
+    "fp4": {"method": "fp4", "double_quant": False},
+    "fp4-dq": {"method": "fp4", "double_quant": True},
+    "int8": {"method": "int8", "double_quant": False},
+}
+
+
+def _validate_quantization(q: QuantizationConfig) -> list[str]:
+    problems = []
+    if q.method not in QUANT_METHODS:
+        problems.append(f"`quantization.method` must be one of {', '.join(QUANT_METHODS)}, got {q.method!r}")
+    if q.compute_dtype not in DTYPES:
+        problems.append(f"`quantization.compute_dtype` must be one of {', '.join(DTYPES)}, got {q.compute_dtype!r}")
+    if q.double_quant and q.method in ("none", "int8"):
+        problems.append(f"`quantization.double_quant` applies to nf4/fp4 only, got it with method {q.method!r}")
+    return problems
+
+
 def _validate_training(training: dict[str, Any]) -> list[str]:
     from transformers import TrainingArguments
 
@@ -420,7 +490,14 @@ def validate(cfg: ExperimentConfig) -> list[str]:
             problems.append(f"`{name}` must be a positive int or null, got {value!r}")
     if not _positive_int(cfg.max_seq_length):
         problems.append(f"`max_seq_length` must be a positive int, got {cfg.max_seq_length!r}")
+    if cfg.model_dtype not in DTYPES:
+        problems.append(f"`model_dtype` must be one of {', '.join(DTYPES)}, got {cfg.model_dtype!r}")
     problems += _validate_lora(cfg.lora)
+    problems += _validate_quantization(cfg.quantization)
+    e = cfg.evaluation
+    for name in ("generation_samples", "max_new_tokens", "generation_batch_size"):
+        if not _positive_int(getattr(e, name)):
+            problems.append(f"`evaluation.{name}` must be a positive int, got {getattr(e, name)!r}")
     problems += _validate_training(cfg.training)
     if cfg.tracking.wandb not in WANDB_MODES:
         problems.append(f"`tracking.wandb` must be one of {', '.join(WANDB_MODES)}, got {cfg.tracking.wandb!r}")
@@ -429,6 +506,10 @@ def validate(cfg: ExperimentConfig) -> list[str]:
     v = cfg.verification
     if not isinstance(v.grad_flow_steps, int) or v.grad_flow_steps < 2:
         problems.append(f"`verification.grad_flow_steps` must be an int >= 2, got {v.grad_flow_steps!r}")
+    if v.merge_space not in ("auto", "logits", "probs"):
+        problems.append(f"`verification.merge_space` must be one of auto, logits, probs, got {v.merge_space!r}")
+    if not v.quantized_merge_atol > 0:
+        problems.append(f"`verification.quantized_merge_atol` must be > 0, got {v.quantized_merge_atol!r}")
     if not v.merge_atol > 0:
         problems.append(f"`verification.merge_atol` must be > 0, got {v.merge_atol!r}")
     if not _positive_int(v.merge_eval_batches):
@@ -450,6 +531,10 @@ def validate(cfg: ExperimentConfig) -> list[str]:
             problems.append(f"`sweep.grid.{key}` must be a non-empty list, got {values!r}")
         if key.split(".")[0] not in {f.name for f in dataclasses.fields(ExperimentConfig)}:
             problems.append(f"`sweep.grid` key {key!r} is not a config field")
+    bad = [q for q in s.quantizations if q not in QUANT_ABLATION_POINTS]
+    if bad or not s.quantizations:
+        problems.append(f"`sweep.quantizations` must list values from {', '.join(QUANT_ABLATION_POINTS)}, "
+                        f"got {s.quantizations!r}")
     if not all(_positive_int(x) for x in s.ranks):
         problems.append(f"`sweep.ranks` must be a list of positive ints, got {s.ranks!r}")
     if s.name is not None and (not s.name or "/" in s.name or s.name in (".", "..")):

@@ -29,10 +29,28 @@ def _minilm_path() -> str:
     return str(module.get_model_path())
 
 
+def _smollm2_135m_path() -> str:
+    from loraexp.gguf_models import smollm2_135m_path
+
+    return smollm2_135m_path()
+
+
 # alias -> function returning a local directory in Hugging Face format
 MODEL_ALIASES: dict[str, Callable[[], str]] = {
     "minilm": _minilm_path,
+    "smollm2-135m": _smollm2_135m_path,
 }
+
+SEQUENCE_CLASSIFICATION = "sequence_classification"
+CAUSAL_LM = "causal_lm"
+
+
+def model_kind(model_config) -> str:
+    """``causal_lm`` if the checkpoint's ``architectures`` name a causal-LM head
+    (``*ForCausalLM``, ``*LMHeadModel``), else ``sequence_classification`` (encoders such as
+    BERT, and checkpoints saved with a classification head)."""
+    names = getattr(model_config, "architectures", None) or []
+    return CAUSAL_LM if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names) else SEQUENCE_CLASSIFICATION
 
 
 def resolve_model(name: str) -> str:
@@ -74,29 +92,49 @@ def load_model_config(name: str, trust_remote_code: bool = False):
                          f"{str(exc).splitlines()[0][:200]})") from None
 
 
-def load_classifier(name: str, num_labels: int, trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)`` for sequence classification with ``num_labels`` classes.
+def load_model(name: str, kind: str = SEQUENCE_CLASSIFICATION, num_labels: int = 2,
+               trust_remote_code: bool = False, dtype: torch.dtype | None = None, quantization_config=None):
+    """Load ``(model, tokenizer)``: a causal LM (``kind`` = ``causal_lm``) or a sequence
+    classifier with ``num_labels`` classes.
+
+    Args:
+        dtype: dtype of the weights (None = float32 as stored by transformers' default).
+        quantization_config: a ``transformers.BitsAndBytesConfig`` for a quantized base
+            (see :mod:`loraexp.quantization`), or None.
 
     A tokenizer without a pad token (Llama, GPT-2) gets its EOS token as pad, and the model
-    config's ``pad_token_id`` is set so the classification head finds the last real token.
+    config's ``pad_token_id`` is set so a classification head finds the last real token.
 
     Raises:
-        ModelError: see :func:`load_model_config`.
+        ModelError: see :func:`load_model_config`; also a quantization the backend cannot run.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_model(name)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+        if kind == CAUSAL_LM:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **kwargs)
+    except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise ModelError(f"`model` {name!r} could not be loaded ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200]})") from None
+                         f"{str(exc).splitlines()[0][:300]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_classifier(name: str, num_labels: int, trust_remote_code: bool = False):
+    """``load_model`` for sequence classification with ``num_labels`` classes (float32)."""
+    return load_model(name, SEQUENCE_CLASSIFICATION, num_labels, trust_remote_code)
 
 
 def head_module_names(model: torch.nn.Module) -> list[str]:
@@ -105,18 +143,20 @@ def head_module_names(model: torch.nn.Module) -> list[str]:
     return [n for n, _ in model.named_children() if n in HEAD_NAMES]
 
 
-def attach_lora(model: torch.nn.Module, lora: dict[str, Any], seed: int | None = None):
-    """Wrap ``model`` with LoRA (``peft.get_peft_model``, task type ``SEQ_CLS``).
+def attach_lora(model: torch.nn.Module, lora: dict[str, Any], seed: int | None = None,
+                kind: str = SEQUENCE_CLASSIFICATION):
+    """Wrap ``model`` with LoRA (``peft.get_peft_model``, task type ``SEQ_CLS`` or
+    ``CAUSAL_LM`` after ``kind``).
 
     Args:
-        model: a transformers model for sequence classification.
+        model: a transformers model for sequence classification or causal LM.
         lora: the config's ``lora`` mapping (target_modules may be a preset name).
         seed: if given, seeds torch right before the LoRA factors are initialised, so
             lora_A init is reproducible whatever happened before.
 
     Returns:
-        ``(peft_model, lora_config)``. The classification head is in ``modules_to_save``
-        unless the mapping sets ``modules_to_save`` itself.
+        ``(peft_model, lora_config)``. A classification head is in ``modules_to_save``
+        unless the mapping sets ``modules_to_save`` itself; a causal LM trains only LoRA.
 
     Raises:
         ConfigError: target modules that match nothing (the message lists the model's
@@ -126,8 +166,8 @@ def attach_lora(model: torch.nn.Module, lora: dict[str, Any], seed: int | None =
 
     from loraexp.variants import lora_config
 
-    extra: dict[str, Any] = {"task_type": "SEQ_CLS"}
-    if "modules_to_save" not in lora:
+    extra: dict[str, Any] = {"task_type": "CAUSAL_LM" if kind == CAUSAL_LM else "SEQ_CLS"}
+    if "modules_to_save" not in lora and kind != CAUSAL_LM:
         extra["modules_to_save"] = head_module_names(model) or None
     try:
         config = lora_config(lora, model.config.model_type, **extra)

@@ -85,9 +85,20 @@ class RunStore:
         """Atomically write ``metrics.json`` (sets become sorted lists, tensors numbers)."""
         atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, default=_json_default) + "\n")
 
-    def start_history(self) -> None:
-        """Truncate ``history.jsonl`` (a new attempt of the run starts a new history)."""
-        atomic_write_text(self.history_path, "")
+    def start_history(self, keep_until_step: int | None = None) -> None:
+        """Start ``history.jsonl`` for a new attempt of the run: truncated, or -- when resuming
+        from the checkpoint at optimizer step ``keep_until_step`` -- keeping the records up to
+        and including that step, so the curve continues where the checkpoint left it."""
+        kept = ""
+        if keep_until_step is not None and self.history_path.is_file():
+            lines = self.history_path.read_text().splitlines()
+            kept = "".join(line + "\n" for line in lines if line.strip()
+                           and json.loads(line).get("step", 0) <= keep_until_step)
+        atomic_write_text(self.history_path, kept)
+
+    def write_jsonl(self, name: str, records: list[dict[str, Any]]) -> None:
+        """Atomically write ``records`` as JSON lines to ``<run_dir>/<name>``."""
+        atomic_write_text(self.run_dir / name, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
 
     def append_history(self, record: dict[str, Any]) -> None:
         """Append one JSON line (e.g. ``{"step": 10, "train/loss": 0.6}``)."""
@@ -95,10 +106,12 @@ class RunStore:
             fh.write(json.dumps(record, default=_json_default) + "\n")
 
 
-SUMMARY_COLUMNS = ("run_name", "status", "r", "lora_alpha", "target_modules", "learning_rate", "seed",
-                   "eval_accuracy", "eval_f1", "lora_params", "trainable_params", "trainable_pct",
-                   "mean_effective_rank", "mean_utilization", "merge_max_abs_diff", "verification",
-                   "train_seconds", "run_id", "error")
+SUMMARY_COLUMNS = ("run_name", "status", "r", "lora_alpha", "target_modules", "quantization", "learning_rate",
+                   "seed", "eval_accuracy", "base_accuracy", "eval_f1", "eval_loss", "eval_perplexity",
+                   "base_perplexity", "eval_exact_match", "base_exact_match", "lora_params", "trainable_params",
+                   "trainable_pct", "base_weight_bytes", "peak_mem_bytes", "tokens_per_s", "mean_effective_rank",
+                   "mean_utilization", "merge_max_abs_diff", "quantization_gap", "verification", "train_seconds",
+                   "run_id", "error")
 
 
 def summary_row(run_name: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -109,19 +122,30 @@ def summary_row(run_name: str, metrics: dict[str, Any]) -> dict[str, Any]:
     eff = metrics.get("efficiency", {})
     rank = metrics.get("lora_rank", {})
     ver = metrics.get("verification", {})
+    base = metrics.get("base_eval", {})
+    efficiency = metrics.get("training_efficiency", {})
+    quant = cfg.get("quantization") or {}
+    method = quant.get("method", "none")
     targets = lora.get("target_modules")
     return {
         "run_name": run_name, "status": metrics.get("status"), "r": lora.get("r"),
         "lora_alpha": lora.get("lora_alpha"),
         "target_modules": targets if isinstance(targets, str) else "+".join(targets or []),
         "learning_rate": training.get("learning_rate"), "seed": cfg.get("seed"),
-        "eval_accuracy": evals.get("accuracy"), "eval_f1": evals.get("f1"),
+        "quantization": None if method == "none" else method + ("+dq" if quant.get("double_quant") else ""),
+        "eval_accuracy": evals.get("accuracy"), "base_accuracy": base.get("accuracy"), "eval_f1": evals.get("f1"),
+        "eval_loss": evals.get("loss") if "perplexity" in evals else None,
+        "eval_perplexity": evals.get("perplexity"), "base_perplexity": base.get("perplexity"),
+        "eval_exact_match": evals.get("exact_match"), "base_exact_match": base.get("exact_match"),
+        "base_weight_bytes": efficiency.get("base_weight_bytes"), "peak_mem_bytes": efficiency.get("peak_mem_bytes"),
+        "tokens_per_s": efficiency.get("tokens_per_s"),
         "lora_params": eff.get("lora_params"), "trainable_params": eff.get("trainable_params"),
         "trainable_pct": eff.get("trainable_pct"),
         "mean_effective_rank": rank.get("mean_effective_rank"), "mean_utilization": rank.get("mean_utilization"),
         "merge_max_abs_diff": ver.get("merge_max_abs_diff"),
+        "quantization_gap": ver.get("quantization_gap_max_abs_diff"),
         "verification": "passed" if ver.get("passed") else ("failed" if ver else None),
-        "train_seconds": metrics.get("training_efficiency", {}).get("train_seconds"),
+        "train_seconds": efficiency.get("train_seconds"),
         "run_id": metrics.get("run_id"), "error": (metrics.get("error") or "")[:120] or None,
     }
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from loraexp.analysis.adapter_stats import aggregate_rank_metrics
-from loraexp.analysis.merge import check_merge_equivalence
+from loraexp.analysis.merge import check_merge_equivalence, check_quantized_merge
 from loraexp.analysis.params import parameter_report
 from loraexp.callbacks import (
     AdapterStatsCallback,
@@ -31,7 +31,8 @@ from loraexp.callbacks import (
 )
 from loraexp.config import ExperimentConfig, build_config
 from loraexp.errors import ConfigError, VerificationError
-from loraexp.models import attach_lora, load_classifier, load_model_config, resolve_model
+from loraexp.models import CAUSAL_LM, attach_lora, load_model, load_model_config, model_kind, resolve_model
+from loraexp.quantization import DTYPE_BY_NAME, bnb_config, default_optimizer, prepare_for_training, weight_bytes
 from loraexp.results import (
     STATUS_COMPLETED,
     STATUS_FAILED,
@@ -43,7 +44,7 @@ from loraexp.results import (
 )
 from loraexp.sweep import expand, sweep_name
 from loraexp.target_modules import matched_module_names, resolve_target_modules
-from loraexp.tasks import get_task
+from loraexp.tasks import get_task, task_kind
 from loraexp.tracking import make_tracker
 
 logger = logging.getLogger(__name__)
@@ -90,14 +91,23 @@ def package_versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------
 
 
-def _check_targets(model_config, num_labels: int, target_modules) -> None:
+def _check_targets(model_config, kind: str, num_labels: int, target_modules) -> None:
     """Match target modules on a weightless (meta-device) copy of the model."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    model_config.num_labels = num_labels
     with torch.device("meta"):
-        skeleton = AutoModelForSequenceClassification.from_config(model_config)
+        if kind == CAUSAL_LM:
+            skeleton = AutoModelForCausalLM.from_config(model_config)
+        else:
+            model_config.num_labels = num_labels
+            skeleton = AutoModelForSequenceClassification.from_config(model_config)
     matched_module_names(skeleton, resolve_target_modules(target_modules, model_config.model_type))
+
+
+def _check_quantization(cfg: ExperimentConfig) -> None:
+    """A quantized base needs bitsandbytes (its CPU backend runs nf4, fp4 and int8 here too)."""
+    if cfg.quantization.method != "none":
+        bnb_config(cfg.quantization)  # raises ConfigError if bitsandbytes is missing
 
 
 def _check_output_dir(sweep_dir: Path, runs: list[tuple[str, ExperimentConfig]]) -> None:
@@ -131,17 +141,19 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
     checked: set = set()
     model_configs: dict[str, Any] = {}  # config.json read once per model
     for _, cfg in runs:
-        task = get_task(cfg.task)
-        key = (cfg.task, cfg.resolved_data_dir())
+        if cfg.model not in model_configs:
+            model_configs[cfg.model] = load_model_config(cfg.model, cfg.trust_remote_code)
+        kind = task_kind(cfg.task, model_kind(model_configs[cfg.model]))
+        task = get_task(cfg.task, kind)
+        key = (cfg.task, kind, cfg.resolved_data_dir())
         if key not in checked:
             task.check_data(cfg.resolved_data_dir())
             checked.add(key)
-        key = (cfg.model, repr(cfg.lora.get("target_modules")))
+        key = (cfg.model, kind, repr(cfg.lora.get("target_modules")))
         if key not in checked:
-            if cfg.model not in model_configs:
-                model_configs[cfg.model] = load_model_config(cfg.model, cfg.trust_remote_code)
-            _check_targets(model_configs[cfg.model], task.num_labels, cfg.lora.get("target_modules", "standard"))
+            _check_targets(model_configs[cfg.model], kind, task.num_labels, cfg.lora.get("target_modules", "standard"))
             checked.add(key)
+        _check_quantization(cfg)
     _check_output_dir(sweep_dir, runs)
 
 
@@ -150,10 +162,12 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
 # ---------------------------------------------------------------------------------------
 
 
-def _eval_batches(trainer, count: int, device) -> list[dict[str, torch.Tensor]]:
+def _eval_batches(trainer, count: int, device, max_rows: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """The first ``count`` eval batches without labels, each cut to ``max_rows`` rows (a
+    causal LM's ``(batch, seq, vocab)`` logits are large)."""
     batches = []
     for batch in trainer.get_eval_dataloader():
-        batches.append({k: v.to(device) for k, v in batch.items() if k != "labels"})
+        batches.append({k: v[:max_rows].to(device) for k, v in batch.items() if k != "labels"})
         if len(batches) == count:
             break
     return batches
@@ -167,22 +181,77 @@ def _select(dataset, limit: int | None, seed: int | None = None):
     return dataset.select(range(limit))
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str) -> RunResult:
+def _load_base(cfg: ExperimentConfig, kind: str, num_labels: int, quantized: bool = True):
+    """``(model, tokenizer)``: the base in ``cfg.model_dtype``, quantized per ``cfg.quantization``
+    (and prepared for k-bit training) unless ``quantized`` is False."""
+    quantization = bnb_config(cfg.quantization) if quantized else None
+    model, tokenizer = load_model(cfg.model, kind, num_labels, cfg.trust_remote_code,
+                                  dtype=DTYPE_BY_NAME[cfg.model_dtype], quantization_config=quantization)
+    if quantization is not None:
+        model = prepare_for_training(model, cfg.quantization)
+    return model, tokenizer
+
+
+def _evaluate(trainer, task, tokenizer, generation_split, cfg: ExperimentConfig, store: RunStore,
+              label: str) -> dict[str, Any]:
+    """``Trainer.evaluate`` metrics without the ``eval_`` prefix (+ perplexity for a causal
+    LM), and the task's generation metrics, whose per-question records go to
+    ``generations_<label>.jsonl``."""
+    metrics = trainer.evaluate(metric_key_prefix=label)
+    out = {k.removeprefix(f"{label}_"): v for k, v in metrics.items()}
+    if task.kind == CAUSAL_LM:
+        out = task.add_perplexity(out)
+    if task.generation_eval is not None:
+        e = cfg.evaluation
+        generated, records = task.generation_eval(trainer.model, tokenizer, generation_split, e.generation_samples,
+                                                  e.max_new_tokens, e.generation_batch_size)
+        out.update(generated)
+        store.write_jsonl(f"generations_{label}.jsonl", records)
+    return out
+
+
+def _verify_merge(cfg: ExperimentConfig, peft_model, trainer, store: RunStore, kind: str, num_labels: int):
+    """Merge-equivalence check (consumes ``peft_model``); a quantized base is merged into a
+    full-precision reload (:func:`check_quantized_merge`). Returns ``(merged, result)``."""
+    v = cfg.verification
+    max_rows = 8 if kind == CAUSAL_LM else None
+    batches = _eval_batches(trainer, v.merge_eval_batches, peft_model.device, max_rows)
+    if cfg.quantization.method == "none":
+        space = v.merge_space if v.merge_space != "auto" else ("probs" if kind == CAUSAL_LM else "logits")
+        return check_merge_equivalence(peft_model, batches, atol=v.merge_atol, latency_repeats=v.latency_repeats,
+                                       space=space)
+    full_precision, _ = _load_base(cfg, kind, num_labels, quantized=False)
+    return check_quantized_merge(peft_model, full_precision.to(peft_model.device), store.adapter_dir, batches,
+                                 atol=v.quantized_merge_atol, latency_repeats=v.latency_repeats)
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, resume: bool = False) -> RunResult:
     """Train, evaluate and verify one LoRA run; write its results under ``run_dir``.
+
+    With ``resume``, training continues from the last Trainer checkpoint in
+    ``run_dir/checkpoints`` (adapter, optimizer, scheduler and RNG state; needs
+    ``training.save_strategy: steps``); without a checkpoint the run starts over.
 
     Never raises for a failing run: an exception is recorded in ``metrics.json`` with
     status ``failed`` (or ``failed_verification`` for a broken invariant), so a sweep goes on.
     """
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
 
     store = RunStore(run_dir)
     started = time.time()
     resolved_config = cfg.to_dict()
+    previous = store.read_metrics() or {}
+    checkpoint = None
+    if resume and (store.run_dir / "checkpoints").is_dir():
+        checkpoint = get_last_checkpoint(str(store.run_dir / "checkpoints"))
     record: dict[str, Any] = {"status": STATUS_RUNNING, "run_id": cfg.run_id, "run_name": run_name,
                               "sweep": cfg.sweep.name, "config": resolved_config, "versions": package_versions()}
+    if checkpoint:
+        record["resumed_from"] = checkpoint
     store.write_config(resolved_config)
     store.write_metrics(record)
-    store.start_history()
+    store.start_history(keep_until_step=int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None)
     tracker = make_tracker(cfg.tracking.wandb, project=cfg.tracking.project, entity=cfg.tracking.entity,
                            group=cfg.sweep.name or run_name, name=run_name, config=resolved_config,
                            directory=str(store.run_dir))
@@ -197,53 +266,66 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str) ->
     efficiency = EfficiencyCallback()
     verification: dict[str, Any] = {}
     try:
-        # seed -> data
+        # seed -> data (the task's form follows the model: verbalizer sst2 on a causal LM)
         set_seed(cfg.seed)
-        task = get_task(cfg.task)
+        kind = task_kind(cfg.task, model_kind(load_model_config(cfg.model, cfg.trust_remote_code)))
+        task = get_task(cfg.task, kind)
         data_dir = cfg.resolved_data_dir()
         train_split = _select(task.load_split("train", data_dir), cfg.max_train_samples, seed=cfg.data_seed)
-        eval_split = _select(task.load_split("validation", data_dir), cfg.max_eval_samples)
+        eval_split = task.load_split("validation", data_dir)
 
-        # model -> LoRA (seeded right before the factors are initialised)
-        model, tokenizer = load_classifier(cfg.model, task.num_labels, cfg.trust_remote_code)
+        # model (quantized base if asked) -> LoRA (seeded right before the factors are initialised)
+        model, tokenizer = _load_base(cfg, kind, task.num_labels)
         train_data = task.tokenize(train_split, tokenizer, cfg.max_seq_length)
-        eval_data = task.tokenize(eval_split, tokenizer, cfg.max_seq_length)
-        peft_model, lora_config = attach_lora(model, cfg.lora, seed=cfg.seed)
+        eval_data = _select(task.tokenize(eval_split, tokenizer, cfg.max_seq_length), cfg.max_eval_samples)
+        peft_model, lora_config = attach_lora(model, cfg.lora, seed=cfg.seed, kind=kind)
+        training = dict(cfg.training)
+        optimizer = default_optimizer(cfg.quantization, torch.cuda.is_available())
+        if optimizer and "optim" not in training:
+            training["optim"] = optimizer
         record["resolved"] = {
-            "model_path": resolve_model(cfg.model), "model_type": model.config.model_type,
+            "model_path": resolve_model(cfg.model), "model_type": model.config.model_type, "objective": kind,
             "target_modules": lora_config.target_modules,
             "modules_to_save": sorted(set(lora_config.modules_to_save or [])),
             "data_dir": data_dir or f"hub:{task.hub_dataset}/{task.hub_config}",
             "train_examples": len(train_data), "eval_examples": len(eval_data),
+            "optim": training.get("optim", "adamw_torch"), "device": str(peft_model.device),
         }
         record["efficiency"] = parameter_report(peft_model)
+        memory = weight_bytes(peft_model)
         tracker.summary({f"efficiency/{k}": v for k, v in record["efficiency"].items() if not isinstance(v, dict)})
 
-        # trainer -> train
+        # trainer -> (base model evaluation) -> train
         args = TrainingArguments(output_dir=str(store.run_dir / "checkpoints"), seed=cfg.seed, report_to="none",
-                                 run_name=run_name, include_num_input_tokens_seen="non_padding", **cfg.training)
+                                 run_name=run_name, include_num_input_tokens_seen="non_padding", **training)
         trainer = Trainer(
             model=peft_model, args=args, train_dataset=train_data, eval_dataset=eval_data,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids),
+            data_collator=task.collator(tokenizer), **task.trainer_metrics(tokenizer),
             callbacks=[frozen, grad_flow, stats, efficiency, HistoryCallback(log)],
         )
-        trainer.train()
+        if kind == CAUSAL_LM and cfg.evaluation.base_model:
+            if checkpoint and previous.get("base_eval"):
+                record["base_eval"] = previous["base_eval"]
+            else:
+                with peft_model.disable_adapter():
+                    record["base_eval"] = _evaluate(trainer, task, tokenizer, eval_split, cfg, store, "base")
+        trainer.train(resume_from_checkpoint=checkpoint)
         verification.update(frozen.result, **grad_flow.result)
-        record["training_efficiency"] = efficiency.result
+        record["training_efficiency"] = {**efficiency.result, **memory}
 
         # evaluate -> save adapter
-        eval_metrics = trainer.evaluate()
-        record["eval"] = {k.removeprefix("eval_"): v for k, v in eval_metrics.items()}
+        record["eval"] = _evaluate(trainer, task, tokenizer, eval_split, cfg, store, "eval")
         peft_model.save_pretrained(str(store.adapter_dir))
         record["lora_rank"] = aggregate_rank_metrics(stats.final)
         record["adapter_statistics"] = stats.final
 
-        # verify merge (consumes the PEFT model: adapter saved above)
-        batches = _eval_batches(trainer, cfg.verification.merge_eval_batches, peft_model.device)
-        _, merge = check_merge_equivalence(peft_model, batches, atol=cfg.verification.merge_atol,
-                                           latency_repeats=cfg.verification.latency_repeats)
+        # verify merge (consumes the PEFT model: adapter saved above) -> optional export
+        merged, merge = _verify_merge(cfg, peft_model, trainer, store, kind, task.num_labels)
         verification.update({k: v for k, v in merge.items() if k != "passed"}, merge_equivalence=merge["passed"])
+        if cfg.export_merged and merge["passed"]:
+            merged.save_pretrained(str(store.run_dir / "merged"))
+            tokenizer.save_pretrained(str(store.run_dir / "merged"))
+            record["merged_dir"] = str(store.run_dir / "merged")
         passed = bool(verification.get("frozen_base") and verification.get("grad_flow") and merge["passed"])
         verification["passed"] = passed
         record["status"] = STATUS_COMPLETED if passed else STATUS_FAILED_VERIFICATION
@@ -268,7 +350,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str) ->
 def _summary_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """Flat W&B summary keys (DESIGN.md namespaces) from a run record."""
     out: dict[str, Any] = {"status": record["status"]}
-    for section, prefix in (("eval", "eval"), ("verification", "verification"),
+    for section, prefix in (("eval", "eval"), ("base_eval", "base_eval"), ("verification", "verification"),
                             ("training_efficiency", "training_efficiency"), ("lora_rank", "lora_rank")):
         for key, value in (record.get(section) or {}).items():
             if isinstance(value, (int, float, bool, str)):
@@ -281,9 +363,10 @@ def _summary_metrics(record: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True) -> SweepResult:
+def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True, resume: bool = False) -> SweepResult:
     """Expand ``cfg`` into runs, pre-flight them all, run each one not yet completed (or all
-    with ``rerun``), and write ``summary.csv``/``summary.md`` in the sweep directory.
+    with ``rerun``), and write ``summary.csv``/``summary.md`` in the sweep directory. With
+    ``resume``, an unfinished run continues from its last checkpoint.
 
     Raises:
         ConfigError | DataError | ModelError: from :func:`preflight`, before anything is written.
@@ -302,7 +385,7 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True)
             logger.info("skipping %s: already completed", name)
             results.append(RunResult(name, store.run_dir, STATUS_SKIPPED, store.read_metrics() or {}))
             continue
-        results.append(run_experiment(run_cfg, store.run_dir, name))
+        results.append(run_experiment(run_cfg, store.run_dir, name, resume=resume))
     bar.close()
     markdown = write_sweep_summary(sweep_dir, [name for name, _ in runs])
     return SweepResult(sweep_dir, results, markdown)

@@ -2,7 +2,7 @@
 
 * ``single``: the config itself.
 * ``sweep``: learning rates x seeds (warmup stays a ratio of each run's steps).
-* ``ablation`` ``rank`` | ``alpha`` | ``modules``: the axes of :mod:`loraexp.variants`.
+* ``ablation`` ``rank`` | ``alpha`` | ``modules`` | ``quantization``: the axes of :mod:`loraexp.variants`.
 * ``ablation`` ``grid``: the cartesian product of ``sweep.grid`` (dotted keys -> values).
 """
 
@@ -34,14 +34,22 @@ def targets_label(target_modules: str | list[str]) -> str:
     return "+".join(t.split(".")[-1] for t in target_modules)
 
 
+def quantization_label(cfg: ExperimentConfig) -> str | None:
+    """``nf4``, ``nf4dq``, ``int8`` ...; None for a full-precision base."""
+    q = cfg.quantization
+    if q.method == "none":
+        return None
+    return q.method + ("dq" if q.double_quant else "")
+
+
 def run_name(cfg: ExperimentConfig) -> str:
-    """Readable run name, e.g. ``sst2-minilm-r8-a16-standard-lr1e-3-s42``."""
+    """Readable run name, e.g. ``sst2-minilm-r8-a16-standard-lr1e-3-s42`` (``-nf4dq`` after
+    the target modules for a quantized base)."""
     lora = cfg.lora
-    return "-".join([
-        cfg.task, model_label(cfg.model), f"r{lora.get('r', 8)}", f"a{lora.get('lora_alpha', 8):g}",
-        targets_label(lora.get("target_modules", "standard")),
-        f"lr{format_lr(cfg.training.get('learning_rate', 5e-5))}", f"s{cfg.seed}",
-    ])
+    parts = [cfg.task, model_label(cfg.model), f"r{lora.get('r', 8)}", f"a{lora.get('lora_alpha', 8):g}",
+             targets_label(lora.get("target_modules", "standard")), quantization_label(cfg),
+             f"lr{format_lr(cfg.training.get('learning_rate', 5e-5))}", f"s{cfg.seed}"]
+    return "-".join(p for p in parts if p)
 
 
 def sweep_name(cfg: ExperimentConfig) -> str:
@@ -72,6 +80,8 @@ def overrides_for(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         return _prefixed(variants.alpha_axis(s.alphas, s.alpha_ablation_r), "lora.")
     if s.ablation_type == "modules":
         return _prefixed(variants.module_axis(s.presets), "lora.")
+    if s.ablation_type == "quantization":
+        return _prefixed(variants.quantization_axis(s.quantizations), "quantization.")
     keys = list(s.grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(s.grid[k] for k in keys))]
 

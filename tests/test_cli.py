@@ -25,7 +25,7 @@ def _bad_yaml(env):
 
 
 CASES = [  # (id, extra argv builder, fragment of the error)
-    ("unknown-task", lambda e: ["--task", "cola"], "`task` 'cola' is unknown; allowed: mrpc, rte, sst2"),
+    ("unknown-task", lambda e: ["--task", "cola"], "`task` 'cola' is unknown; allowed: gsm8k, lima, mrpc, rte, shakespeare, sst2"),
     ("r-zero", lambda e: ["--set", "lora.r=0"], "`lora.r` must be a positive int, got 0"),
     ("unknown-module", lambda e: ["--set", "lora.target_modules=[nope]"],
      "`lora.target_modules` ['nope'] matches no module of the model; its Linear modules are: "

@@ -25,12 +25,12 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
     ({"training.max_steps": 0}, "`training.max_steps` must be a positive int"),
     ({"training.lerning_rate": 1e-4}, "unknown key `training.lerning_rate`"),
     ({"training.output_dir": "x"}, "`training.output_dir` is set by loraexp"),
-    ({"task": "cola"}, "`task` 'cola' is unknown; allowed: mrpc, rte, sst2"),
+    ({"task": "cola"}, "`task` 'cola' is unknown; allowed: gsm8k, lima, mrpc, rte, shakespeare, sst2"),
     ({"seed": "abc"}, "`seed` must be of type int, got 'abc'"),
     ({"max_train_samples": 0}, "`max_train_samples` must be a positive int or null"),
     ({"tracking.wandb": "cloud"}, "`tracking.wandb` must be one of online, offline, disabled, got 'cloud'"),
     ({"tracking.colour": "red"}, "unknown key `tracking.colour`; allowed keys: wandb, project"),
-    ({"sweep.mode": "ablation"}, "`sweep.ablation_type` must be one of rank, alpha, modules, grid"),
+    ({"sweep.mode": "ablation"}, "`sweep.ablation_type` must be one of rank, alpha, modules, quantization, grid"),
     ({"sweep.mode": "ablation", "sweep.ablation_type": "grid"}, "`sweep.grid` must map at least one"),
     ({"learning_rate": 1e-4}, "unknown key `learning_rate`; allowed keys: task, model"),
 ])
@@ -138,3 +138,29 @@ def test_every_shipped_config_loads_validates_and_expands(path):
     assert isinstance(yaml.safe_load(path.read_text()), dict)
     runs = expand(cfg)
     assert runs and all(run_name(c) in n for n, c in runs)
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"quantization": {"method": "nf3"}}, "`quantization.method` must be one of none, nf4, fp4, int8, got 'nf3'"),
+    ({"quantization": {"method": "int8", "double_quant": True}}, "`quantization.double_quant` applies to nf4/fp4"),
+    ({"quantization": {"compute_dtype": "float64"}}, "`quantization.compute_dtype` must be one of"),
+    ({"model_dtype": "int4"}, "`model_dtype` must be one of float32, bfloat16, float16, got 'int4'"),
+    ({"evaluation": {"generation_samples": 0}}, "`evaluation.generation_samples` must be a positive int"),
+    ({"sweep": {"quantizations": ["nf4", "nf2"]}}, "`sweep.quantizations` must list values from"),
+    ({"verification": {"merge_space": "bits"}}, "`verification.merge_space` must be one of auto, logits, probs"),
+])
+def test_quantization_and_evaluation_fields_are_validated(layer, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(layer)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("quantization, label", [
+    ({"method": "none"}, "-attention-lr"),
+    ({"method": "nf4"}, "-attention-nf4-lr"),
+    ({"method": "nf4", "double_quant": True}, "-attention-nf4dq-lr"),
+    ({"method": "int8"}, "-attention-int8-lr"),
+])
+def test_run_name_shows_the_quantization(quantization, label):
+    cfg = build_config({"lora": {"target_modules": "attention"}, "quantization": quantization})
+    assert label in run_name(cfg)

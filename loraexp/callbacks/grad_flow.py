@@ -28,6 +28,7 @@ class GradFlowCallback(TrainerCallback):
       warmup starting at lr 0 that can be later than step 2): that module's ``lora_A``
       gradient is non-zero. Checked until every module has passed.
 
+    Steps count from the start of this attempt (after ``--resume``, from the checkpoint).
     Raises :class:`VerificationError` at the first violation. ``result``: ``grad_flow``
     (True once every check passed; False on failure or if training ended first),
     ``lora_B_min_grad_norm_step1``, ``lora_A_min_grad_norm``, ``lora_A_verified_step``.
@@ -37,13 +38,17 @@ class GradFlowCallback(TrainerCallback):
         self.steps = steps
         self.result: dict = {}
         self._a_pending: set[str] | None = None
+        self._first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._first_step = state.global_step  # > 0 when resumed: steps count from there
 
     def _fail(self, message: str) -> None:
         self.result["grad_flow"] = False
         raise VerificationError(f"gradient flow: {message}")
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        step = state.global_step + 1  # the optimizer step about to be taken
+        step = state.global_step + 1 - self._first_step  # the optimizer step about to be taken, of this attempt
         if step > self.steps and not self._a_pending:
             return
         pairs = _factor_pairs(kwargs["model"])

@@ -12,7 +12,8 @@ RENAMES = {"loss": "train/loss", "grad_norm": "train/grad_norm", "learning_rate"
 
 class HistoryCallback(TrainerCallback):
     """Forwards every Trainer log (``on_log``) to ``log(metrics, step)`` on the main process,
-    renaming training keys to ``train/...`` and ``eval_*`` keys to ``eval/...``. ``step`` is
+    renaming training keys to ``train/...``, ``eval_*`` keys to ``eval/...`` and ``base_*``
+    (base-model evaluation) to ``base_eval/...``. ``step`` is
     the optimizer step."""
 
     def __init__(self, log: Callable[[dict, int], None]):
@@ -27,6 +28,8 @@ class HistoryCallback(TrainerCallback):
                 continue
             if key.startswith("eval_"):
                 metrics[f"eval/{key[5:]}"] = value
+            elif key.startswith("base_"):  # evaluation of the base model (adapters disabled)
+                metrics[f"base_eval/{key[5:]}"] = value
             else:
                 metrics[RENAMES.get(key, f"train/{key}")] = value
         if metrics:

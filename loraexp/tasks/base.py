@@ -18,6 +18,24 @@ import pandas as pd
 from loraexp.errors import DataError
 
 SPLITS = ("train", "validation")
+SEQUENCE_CLASSIFICATION = "sequence_classification"
+CAUSAL_LM = "causal_lm"
+
+
+def require_file(data_dir: str | Path, relative: str, what: str) -> Path:
+    """``data_dir / relative``, checked to exist.
+
+    Raises:
+        DataError: the data directory or the file does not exist (naming ``what``).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"`data_dir` {str(root)!r} is not a directory; it must hold the task files "
+                        f"(e.g. {relative})")
+    path = root / relative
+    if not path.is_file():
+        raise DataError(f"`data_dir` {str(root)!r} has no {what} file: expected {relative!r}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,8 @@ class ClassificationTask:
     metrics: tuple[str, ...] = ("accuracy",)
     num_labels: int = 2
     hub_dataset: str = "nyu-mll/glue"
+    kind: str = SEQUENCE_CLASSIFICATION
+    generation_eval = None  # classification is scored from logits only
 
     def local_path(self, data_dir: str | Path, split: str) -> Path:
         """Path of ``split`` under ``data_dir``.
@@ -49,15 +69,7 @@ class ClassificationTask:
         Raises:
             DataError: the data directory or the file does not exist.
         """
-        root = Path(data_dir)
-        if not root.is_dir():
-            raise DataError(f"`data_dir` {str(root)!r} is not a directory; it must hold the task files "
-                            f"(e.g. {self.local_files['train']})")
-        path = root / self.local_files[split]
-        if not path.is_file():
-            raise DataError(f"`data_dir` {str(root)!r} has no {self.name} {split} file: expected "
-                            f"{self.local_files[split]!r}")
-        return path
+        return require_file(data_dir, self.local_files[split], f"{self.name} {split}")
 
     def check_data(self, data_dir: str | Path | None) -> None:
         """Fail early (before any training) if a local file is missing. No-op for the Hub."""
@@ -99,6 +111,16 @@ class ClassificationTask:
             return out
 
         return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+    def collator(self, tokenizer):
+        """Dynamic padding per batch (``transformers.DataCollatorWithPadding``)."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def trainer_metrics(self, tokenizer) -> dict:
+        """Keyword arguments for ``Trainer``: ``compute_metrics`` from the head's logits."""
+        return {"compute_metrics": lambda p: self.compute_metrics(p.predictions, p.label_ids)}
 
     def compute_metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """GLUE metrics from ``logits`` ``(n, num_labels)`` and integer ``labels`` ``(n,)``."""
