@@ -13,9 +13,9 @@ for step in "${STEPS[@]}"; do
   case $step in
     shakespeare) "${RUN[@]}" --config configs/lora_full_attention.yaml ;;          # LoRA r=8, q/k/v/o, 200 steps
     qlora) "${RUN[@]}" --config configs/qlora_nf4.yaml ;;                             # same with NF4 + double quant
-    sst2) "${RUN[@]}" --config configs/smollm2_sst2.yaml ;;                           # verbalizer, 250 steps
+    sst2) "${RUN[@]}" --config configs/smollm2_sst2.yaml ;;                           # verbalizer, 200 steps
     quant) "${RUN[@]}" --config configs/lora_full_attention.yaml --mode ablation --ablation-type quantization \
-             --max-steps 50 --max-eval-samples 64 ;;                                  # none / nf4 / nf4 + dq
+             --max-steps 20 --max-eval-samples 32 ;;                                  # none / nf4 / nf4 + dq
     gsm8k) "${RUN[@]}" --config configs/smollm2_gsm8k.yaml ;;                         # SFT + 50-question exact match
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
