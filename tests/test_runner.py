@@ -81,10 +81,10 @@ def test_completed_runs_are_skipped_unless_rerun(tiny_bert_dir, tiny_sst2_dir, t
 def test_a_failing_run_is_recorded_and_the_sweep_continues(tiny_bert_dir, tiny_sst2_dir, tmp_path, monkeypatch):
     real = runner.attach_lora
 
-    def flaky(model, lora, seed=None):
+    def flaky(model, lora, seed=None, **kwargs):
         if lora["r"] == 2:
             raise RuntimeError("simulated crash")
-        return real(model, lora, seed=seed)
+        return real(model, lora, seed=seed, **kwargs)
 
     monkeypatch.setattr(runner, "attach_lora", flaky)
     cfg = config(tiny_bert_dir, tiny_sst2_dir, tmp_path, **{"sweep.mode": "ablation", "sweep.ablation_type": "rank",
