@@ -132,11 +132,6 @@ def load_model(name: str, kind: str = SEQUENCE_CLASSIFICATION, num_labels: int =
     return model, tokenizer
 
 
-def load_classifier(name: str, num_labels: int, trust_remote_code: bool = False):
-    """``load_model`` for sequence classification with ``num_labels`` classes (float32)."""
-    return load_model(name, SEQUENCE_CLASSIFICATION, num_labels, trust_remote_code)
-
-
 def head_module_names(model: torch.nn.Module) -> list[str]:
     """Top-level classification heads of ``model`` (``classifier`` for BERT, ``score`` for
     Llama/GPT-2), which are trained through ``modules_to_save``."""

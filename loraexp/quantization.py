@@ -125,8 +125,3 @@ def weight_bytes(model: torch.nn.Module) -> dict[str, Any]:
     base += sum(b.numel() * b.element_size() for b in model.buffers())
     return {"base_weight_bytes": int(base), "trainable_bytes": int(trainable)}
 
-
-def is_quantized(model: torch.nn.Module) -> bool:
-    """Whether ``model`` was loaded with a bitsandbytes config (4-bit or 8-bit)."""
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-                or getattr(getattr(model, "hf_quantizer", None), "quantization_config", None) is not None)
