@@ -39,3 +39,17 @@ class ModelError(LoraexpError, ValueError):
 
 class VerificationError(LoraexpError, RuntimeError):
     """A run-time invariant broke (base weights changed, non-finite LoRA gradients...)."""
+
+
+class NonFiniteError(LoraexpError, FloatingPointError):
+    """Training produced a NaN/inf loss or gradient.
+
+    ``step`` is the optimizer step (1-based) that was about to be taken: the weights were not
+    updated with the bad gradient, so every checkpoint saved before it is good. ``reason``
+    names the loss or the first offending parameter.
+    """
+
+    def __init__(self, step: int, reason: str):
+        self.step = step
+        self.reason = reason
+        super().__init__(f"non-finite training at optimizer step {step}: {reason}")

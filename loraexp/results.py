@@ -3,25 +3,36 @@
 Layout: ``<output_dir>/<sweep>/<run>/`` with ``config.yaml``, ``metrics.json``,
 ``history.jsonl`` and ``adapter/``; per sweep ``summary.csv`` and ``summary.md``.
 Every file except the append-only history is written atomically (temp file + rename).
+Concurrency: a run is trained while holding ``<run>/.lock`` (so two processes never train
+it at once) and the summary is rewritten while holding ``<sweep>/.summary.lock``; both are
+``filelock`` locks (``flock`` on Linux), released by the OS when a process is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
 STATUS_FAILED_VERIFICATION = "failed_verification"
 STATUS_RUNNING = "running"
 STATUS_SKIPPED = "skipped"  # completed earlier; not run again
+STATUS_BUSY = "busy"  # being trained by another process right now; not run here
+
+RUN_LOCK = ".lock"
+SUMMARY_LOCK = ".summary.lock"
+SUMMARY_LOCK_TIMEOUT_S = 120
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -50,10 +61,15 @@ def _json_default(value: Any) -> Any:
 
 
 class RunStore:
-    """Files of one run under ``run_dir``."""
+    """Files of one run under ``run_dir``.
 
-    def __init__(self, run_dir: str | os.PathLike):
+    With ``writable=False`` (a non-main process of a multi-process run) every ``write_*``,
+    ``start_history`` and ``append_history`` does nothing, so results are written once.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, writable: bool = True):
         self.run_dir = Path(run_dir)
+        self.writable = writable
         self.config_path = self.run_dir / "config.yaml"
         self.metrics_path = self.run_dir / "metrics.json"
         self.history_path = self.run_dir / "history.jsonl"
@@ -73,40 +89,70 @@ class RunStore:
         except (OSError, yaml.YAMLError):
             return None
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[bool]:
+        """Hold the run's lock (``<run_dir>/.lock``) for the ``with`` block. Yields True when
+        acquired, False (holding nothing) when another process holds it; never waits."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.run_dir / RUN_LOCK)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
     def is_completed(self) -> bool:
         """True when ``metrics.json`` says ``completed``."""
         return (self.read_metrics() or {}).get("status") == STATUS_COMPLETED
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Atomically write the resolved config as ``config.yaml``."""
+        if not self.writable:
+            return
         atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Atomically write ``metrics.json`` (sets become sorted lists, tensors numbers)."""
+        if not self.writable:
+            return
         atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, default=_json_default) + "\n")
 
     def start_history(self, keep_until_step: int | None = None) -> None:
         """Start ``history.jsonl`` for a new attempt of the run: truncated, or -- when resuming
         from the checkpoint at optimizer step ``keep_until_step`` -- keeping the records up to
         and including that step, so the curve continues where the checkpoint left it."""
-        kept = ""
+        if not self.writable:
+            return
+        kept = []
         if keep_until_step is not None and self.history_path.is_file():
-            lines = self.history_path.read_text().splitlines()
-            kept = "".join(line + "\n" for line in lines if line.strip()
-                           and json.loads(line).get("step", 0) <= keep_until_step)
-        atomic_write_text(self.history_path, kept)
+            for line in self.history_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a kill
+                    continue
+                if record.get("step", 0) <= keep_until_step:
+                    kept.append(line + "\n")
+        atomic_write_text(self.history_path, "".join(kept))
 
     def write_jsonl(self, name: str, records: list[dict[str, Any]]) -> None:
         """Atomically write ``records`` as JSON lines to ``<run_dir>/<name>``."""
+        if not self.writable:
+            return
         atomic_write_text(self.run_dir / name, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
 
     def append_history(self, record: dict[str, Any]) -> None:
         """Append one JSON line (e.g. ``{"step": 10, "train/loss": 0.6}``)."""
+        if not self.writable:
+            return
         with open(self.history_path, "a") as fh:
             fh.write(json.dumps(record, default=_json_default) + "\n")
 
 
-SUMMARY_COLUMNS = ("run_name", "status", "r", "lora_alpha", "target_modules", "quantization", "learning_rate",
+SUMMARY_COLUMNS = ("run_name", "status", "failed_step", "r", "lora_alpha", "target_modules", "quantization", "learning_rate",
                    "seed", "eval_accuracy", "base_accuracy", "eval_f1", "eval_loss", "eval_perplexity",
                    "base_perplexity", "eval_exact_match", "base_exact_match", "lora_params", "trainable_params",
                    "trainable_pct", "base_weight_bytes", "peak_mem_bytes", "tokens_per_s", "mean_effective_rank",
@@ -128,7 +174,8 @@ def summary_row(run_name: str, metrics: dict[str, Any]) -> dict[str, Any]:
     method = quant.get("method", "none")
     targets = lora.get("target_modules")
     return {
-        "run_name": run_name, "status": metrics.get("status"), "r": lora.get("r"),
+        "run_name": run_name, "status": metrics.get("status"), "failed_step": metrics.get("failed_step"),
+        "r": lora.get("r"),
         "lora_alpha": lora.get("lora_alpha"),
         "target_modules": targets if isinstance(targets, str) else "+".join(targets or []),
         "learning_rate": training.get("learning_rate"), "seed": cfg.get("seed"),
@@ -168,17 +215,26 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
 
 def write_sweep_summary(sweep_dir: str | os.PathLike, run_names: list[str]) -> str:
     """Write ``summary.csv`` and ``summary.md`` for ``run_names`` (read back from each
-    run's ``metrics.json``; runs without one are listed as ``missing``). Returns the markdown."""
+    run's ``metrics.json``; runs without one are listed as ``missing``). Returns the markdown.
+
+    Holds ``<sweep_dir>/.summary.lock`` while reading and writing, so processes sharing the
+    sweep directory (workers, trials) write one after the other, each from the latest files.
+
+    Raises:
+        filelock.Timeout: the lock was held for more than ``SUMMARY_LOCK_TIMEOUT_S`` seconds.
+    """
     sweep_dir = Path(sweep_dir)
-    rows = []
-    for name in run_names:
-        metrics = RunStore(sweep_dir / name).read_metrics() or {"status": "missing"}
-        rows.append(summary_row(name, metrics))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
-    markdown = render_markdown(rows)
-    atomic_write_text(sweep_dir / "summary.md", markdown)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(sweep_dir / SUMMARY_LOCK, timeout=SUMMARY_LOCK_TIMEOUT_S):
+        rows = []
+        for name in run_names:
+            metrics = RunStore(sweep_dir / name).read_metrics() or {"status": "missing"}
+            rows.append(summary_row(name, metrics))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
+        markdown = render_markdown(rows)
+        atomic_write_text(sweep_dir / "summary.md", markdown)
     return markdown

@@ -8,6 +8,7 @@ the sweep summary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -28,12 +29,16 @@ from loraexp.callbacks import (
     FrozenBaseCallback,
     GradFlowCallback,
     HistoryCallback,
+    NonFiniteCallback,
 )
+from loraexp.checkpoints import checkpoint_step, last_complete_checkpoint
 from loraexp.config import ExperimentConfig, build_config
-from loraexp.errors import ConfigError, VerificationError
+from loraexp.distributed import broadcast_from_main, is_main_process, needs_cpu_ddp, world_size
+from loraexp.errors import ConfigError, NonFiniteError, VerificationError
 from loraexp.models import CAUSAL_LM, attach_lora, load_model, load_model_config, model_kind, resolve_model
 from loraexp.quantization import DTYPE_BY_NAME, bnb_config, default_optimizer, prepare_for_training, weight_bytes
 from loraexp.results import (
+    STATUS_BUSY,
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_FAILED_VERIFICATION,
@@ -54,7 +59,8 @@ VERSIONED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets",
 
 @dataclass
 class RunResult:
-    """Outcome of one run: ``status`` is completed | failed | failed_verification | skipped."""
+    """Outcome of one run: ``status`` is completed | failed | failed_verification | skipped
+    (completed earlier) | busy (being trained by another process)."""
 
     run_name: str
     run_dir: Path
@@ -228,33 +234,43 @@ def _verify_merge(cfg: ExperimentConfig, peft_model, trainer, store: RunStore, k
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, resume: bool = False) -> RunResult:
     """Train, evaluate and verify one LoRA run; write its results under ``run_dir``.
 
-    With ``resume``, training continues from the last Trainer checkpoint in
+    With ``resume``, training continues from the last complete Trainer checkpoint in
     ``run_dir/checkpoints`` (adapter, optimizer, scheduler and RNG state; needs
-    ``training.save_strategy: steps``); without a checkpoint the run starts over.
+    ``training.save_strategy: steps``); without one the run starts over. A checkpoint cut
+    short by a kill is skipped (:func:`~loraexp.checkpoints.last_complete_checkpoint`).
+
+    Under ``accelerate launch`` every process trains (DDP); only rank 0 writes files, logs to
+    W&B and runs the merge check.
 
     Never raises for a failing run: an exception is recorded in ``metrics.json`` with
     status ``failed`` (or ``failed_verification`` for a broken invariant), so a sweep goes on.
+    A NaN/inf loss or gradient stops training at that step; the record holds ``failed_step``
+    and ``last_checkpoint`` (the last good one, kept on disk).
     """
     from transformers import Trainer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
-    store = RunStore(run_dir)
+    main = is_main_process()
+    store = RunStore(run_dir, writable=main)
     started = time.time()
     resolved_config = cfg.to_dict()
     previous = store.read_metrics() or {}
-    checkpoint = None
-    if resume and (store.run_dir / "checkpoints").is_dir():
-        checkpoint = get_last_checkpoint(str(store.run_dir / "checkpoints"))
+    checkpoints_dir = store.run_dir / "checkpoints"
+    checkpoint = last_complete_checkpoint(checkpoints_dir, remove_incomplete=main) if resume else None
     record: dict[str, Any] = {"status": STATUS_RUNNING, "run_id": cfg.run_id, "run_name": run_name,
-                              "sweep": cfg.sweep.name, "config": resolved_config, "versions": package_versions()}
+                              "sweep": cfg.sweep.name, "config": resolved_config, "versions": package_versions(),
+                              "world_size": world_size()}
     if checkpoint:
         record["resumed_from"] = checkpoint
+    logger.info("training run %s in process %d%s", run_name, os.getpid(),
+                f", resuming from {checkpoint}" if checkpoint else "")
+    if cfg.trust_remote_code:
+        logger.warning("trust_remote_code is on: %s may run its own Python code from the Hub", cfg.model)
     store.write_config(resolved_config)
     store.write_metrics(record)
-    store.start_history(keep_until_step=int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None)
+    store.start_history(keep_until_step=checkpoint_step(checkpoint) if checkpoint else None)
     tracker = make_tracker(cfg.tracking.wandb, project=cfg.tracking.project, entity=cfg.tracking.entity,
                            group=cfg.sweep.name or run_name, name=run_name, config=resolved_config,
-                           directory=str(store.run_dir))
+                           directory=str(store.run_dir), is_main_process=main)
 
     def log(metrics: dict[str, Any], step: int) -> None:
         store.append_history({"step": step, **metrics})
@@ -264,6 +280,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
     grad_flow = GradFlowCallback(cfg.verification.grad_flow_steps)
     stats = AdapterStatsCallback(log, every=cfg.tracking.stats_every_steps)
     efficiency = EfficiencyCallback()
+    non_finite = NonFiniteCallback()
     verification: dict[str, Any] = {}
     try:
         # seed -> data (the task's form follows the model: verbalizer sst2 on a causal LM)
@@ -283,6 +300,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         optimizer = default_optimizer(cfg.quantization, torch.cuda.is_available())
         if optimizer and "optim" not in training:
             training["optim"] = optimizer
+        if needs_cpu_ddp():
+            training.setdefault("use_cpu", True)  # else transformers runs each process alone
         record["resolved"] = {
             "model_path": resolve_model(cfg.model), "model_type": model.config.model_type, "objective": kind,
             "target_modules": lora_config.target_modules,
@@ -296,12 +315,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         tracker.summary({f"efficiency/{k}": v for k, v in record["efficiency"].items() if not isinstance(v, dict)})
 
         # trainer -> (base model evaluation) -> train
-        args = TrainingArguments(output_dir=str(store.run_dir / "checkpoints"), seed=cfg.seed, report_to="none",
+        args = TrainingArguments(output_dir=str(checkpoints_dir), seed=cfg.seed, report_to="none",
                                  run_name=run_name, include_num_input_tokens_seen="non_padding", **training)
         trainer = Trainer(
             model=peft_model, args=args, train_dataset=train_data, eval_dataset=eval_data,
             data_collator=task.collator(tokenizer), **task.trainer_metrics(tokenizer),
-            callbacks=[frozen, grad_flow, stats, efficiency, HistoryCallback(log)],
+            callbacks=[non_finite, frozen, grad_flow, stats, efficiency, HistoryCallback(log)],
         )
         if kind == CAUSAL_LM and cfg.evaluation.base_model:
             if checkpoint and previous.get("base_eval"):
@@ -315,14 +334,18 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
 
         # evaluate -> save adapter
         record["eval"] = _evaluate(trainer, task, tokenizer, eval_split, cfg, store, "eval")
-        peft_model.save_pretrained(str(store.adapter_dir))
+        if main:
+            peft_model.save_pretrained(str(store.adapter_dir))  # safetensors
         record["lora_rank"] = aggregate_rank_metrics(stats.final)
         record["adapter_statistics"] = stats.final
 
-        # verify merge (consumes the PEFT model: adapter saved above) -> optional export
-        merged, merge = _verify_merge(cfg, peft_model, trainer, store, kind, task.num_labels)
+        # verify merge on rank 0 (consumes the PEFT model: adapter saved above) -> optional export
+        if main:
+            merged, merge = _verify_merge(cfg, peft_model, trainer, store, kind, task.num_labels)
+        else:
+            merged, merge = None, {"passed": True, "checked_on": "rank 0"}
         verification.update({k: v for k, v in merge.items() if k != "passed"}, merge_equivalence=merge["passed"])
-        if cfg.export_merged and merge["passed"]:
+        if main and cfg.export_merged and merge["passed"]:
             merged.save_pretrained(str(store.run_dir / "merged"))
             tokenizer.save_pretrained(str(store.run_dir / "merged"))
             record["merged_dir"] = str(store.run_dir / "merged")
@@ -332,6 +355,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         if not passed:
             reasons = [r for r in (grad_flow.result.get("reason"), merge.get("reason")) if r]
             record["error"] = "; ".join(reasons) or "a verification check failed"
+    except NonFiniteError as exc:
+        verification.update(frozen.result, **grad_flow.result, passed=False)
+        record.update(status=STATUS_FAILED, error=str(exc), failed_step=exc.step,
+                      last_checkpoint=last_complete_checkpoint(checkpoints_dir, remove_incomplete=False))
     except VerificationError as exc:
         verification.update(frozen.result, **grad_flow.result, passed=False)
         record.update(status=STATUS_FAILED_VERIFICATION, error=str(exc))
@@ -363,10 +390,34 @@ def _summary_metrics(record: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
+def run_unless_done(name: str, cfg: ExperimentConfig, sweep_dir: Path, rerun: bool = False,
+                    resume: bool = False) -> RunResult:
+    """Run ``cfg`` as ``<sweep_dir>/<name>`` unless it is already completed (status
+    ``skipped``; ``rerun`` runs it again) or another process holds its lock (status ``busy``).
+
+    The run is trained while holding ``<run>/.lock``, so processes sharing ``sweep_dir``
+    (several workers, a rerun started by mistake) never train one run twice at once. Under
+    ``accelerate launch`` rank 0 decides and every rank follows.
+    """
+    main = is_main_process()
+    store = RunStore(sweep_dir / name, writable=main)
+    with store.lock() if main else contextlib.nullcontext(True) as locked:
+        decision = "busy" if not locked else ("skip" if store.is_completed() and not rerun else "run")
+        decision = broadcast_from_main(decision)
+        if decision == "run":
+            return run_experiment(cfg, store.run_dir, name, resume=resume)
+    if decision == "busy":
+        logger.warning("skipping %s: another process is training it", name)
+        return RunResult(name, store.run_dir, STATUS_BUSY, store.read_metrics() or {})
+    logger.info("skipping %s: already completed", name)
+    return RunResult(name, store.run_dir, STATUS_SKIPPED, store.read_metrics() or {})
+
+
 def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True, resume: bool = False) -> SweepResult:
     """Expand ``cfg`` into runs, pre-flight them all, run each one not yet completed (or all
-    with ``rerun``), and write ``summary.csv``/``summary.md`` in the sweep directory. With
-    ``resume``, an unfinished run continues from its last checkpoint.
+    with ``rerun``; see :func:`run_unless_done`), and write ``summary.csv``/``summary.md`` in
+    the sweep directory (rank 0 only). With ``resume``, an unfinished run continues from its
+    last checkpoint.
 
     Raises:
         ConfigError | DataError | ModelError: from :func:`preflight`, before anything is written.
@@ -377,15 +428,11 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True,
     sweep_dir = Path(cfg.output_dir) / sweep_name(cfg)
     preflight(runs, sweep_dir)
     results = []
-    bar = tqdm(runs, desc=f"sweep {sweep_name(cfg)}", unit="run", position=0, disable=not progress)
+    bar = tqdm(runs, desc=f"sweep {sweep_name(cfg)}", unit="run", position=0,
+               disable=not progress or not is_main_process())
     for index, (name, run_cfg) in enumerate(bar, start=1):
         bar.set_postfix_str(f"run {index}/{len(runs)}: {name}")
-        store = RunStore(sweep_dir / name)
-        if store.is_completed() and not rerun:
-            logger.info("skipping %s: already completed", name)
-            results.append(RunResult(name, store.run_dir, STATUS_SKIPPED, store.read_metrics() or {}))
-            continue
-        results.append(run_experiment(run_cfg, store.run_dir, name, resume=resume))
+        results.append(run_unless_done(name, run_cfg, sweep_dir, rerun=rerun, resume=resume))
     bar.close()
-    markdown = write_sweep_summary(sweep_dir, [name for name, _ in runs])
+    markdown = write_sweep_summary(sweep_dir, [name for name, _ in runs]) if is_main_process() else ""
     return SweepResult(sweep_dir, results, markdown)

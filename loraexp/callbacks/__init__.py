@@ -5,6 +5,7 @@ from loraexp.callbacks.efficiency import EfficiencyCallback
 from loraexp.callbacks.frozen_base import FrozenBaseCallback
 from loraexp.callbacks.grad_flow import GradFlowCallback
 from loraexp.callbacks.history import HistoryCallback
+from loraexp.callbacks.non_finite import NonFiniteCallback
 
 __all__ = ["AdapterStatsCallback", "EfficiencyCallback", "FrozenBaseCallback", "GradFlowCallback",
-           "HistoryCallback"]
+           "HistoryCallback", "NonFiniteCallback"]

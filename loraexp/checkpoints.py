@@ -1,0 +1,68 @@
+"""Trainer checkpoints of a run: find the last complete one after a crash.
+
+The Trainer writes ``checkpoint-<step>/`` in place: model (adapter) files, then optimizer,
+scheduler and RNG state, and ``trainer_state.json`` last. A process killed mid-save leaves a
+directory without a readable ``trainer_state.json``; such a directory is never resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Written by Trainer._save_checkpoint; trainer_state.json comes last.
+REQUIRED_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """Optimizer step of ``.../checkpoint-<step>``.
+
+    Raises:
+        ValueError: the name is not ``checkpoint-<int>``.
+    """
+    match = CHECKPOINT_RE.match(Path(path).name)
+    if not match:
+        raise ValueError(f"{str(path)!r} is not a checkpoint-<step> directory")
+    return int(match.group(1))
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when every file of :data:`REQUIRED_FILES` and an RNG state exist and
+    ``trainer_state.json`` parses and names the directory's step."""
+    path = Path(path)
+    if not all((path / name).is_file() for name in REQUIRED_FILES):
+        return False
+    if not any(path.glob("rng_state*.pth")):
+        return False
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("global_step") == checkpoint_step(path)
+
+
+def last_complete_checkpoint(checkpoints_dir: str | Path, remove_incomplete: bool = True) -> str | None:
+    """Path of the highest-step complete checkpoint under ``checkpoints_dir``, or None.
+
+    Incomplete checkpoints (a save cut short by a kill) newer than it are deleted when
+    ``remove_incomplete``, so the Trainer's checkpoint rotation never counts them.
+    """
+    root = Path(checkpoints_dir)
+    if not root.is_dir():
+        return None
+    candidates = sorted((p for p in root.iterdir() if p.is_dir() and CHECKPOINT_RE.match(p.name)),
+                        key=checkpoint_step, reverse=True)
+    for path in candidates:
+        if is_complete(path):
+            return str(path)
+        logger.warning("checkpoint %s is incomplete (killed while saving?)%s", path,
+                       "; removing it" if remove_incomplete else "")
+        if remove_incomplete:
+            shutil.rmtree(path, ignore_errors=True)
+    return None
