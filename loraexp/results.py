@@ -152,8 +152,8 @@ class RunStore:
             fh.write(json.dumps(record, default=_json_default) + "\n")
 
 
-SUMMARY_COLUMNS = ("run_name", "status", "failed_step", "r", "lora_alpha", "target_modules", "quantization", "learning_rate",
-                   "seed", "eval_accuracy", "base_accuracy", "eval_f1", "eval_loss", "eval_perplexity",
+SUMMARY_COLUMNS = ("run_name", "status", "failed_step", "r", "lora_alpha", "target_modules", "quantization",
+                   "learning_rate", "seed", "eval_accuracy", "base_accuracy", "eval_f1", "eval_loss", "eval_perplexity",
                    "base_perplexity", "eval_exact_match", "base_exact_match", "lora_params", "trainable_params",
                    "trainable_pct", "base_weight_bytes", "peak_mem_bytes", "tokens_per_s", "mean_effective_rank",
                    "mean_utilization", "merge_max_abs_diff", "quantization_gap", "verification", "train_seconds",

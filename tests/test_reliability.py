@@ -65,7 +65,8 @@ def _status(run_dir: Path) -> str | None:
 
 def _summary(sweep_dir: Path) -> dict[str, dict]:
     with (sweep_dir / "summary.csv").open() as fh:
-        return {row["run_name"]: {k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(fh)}
+        rows = list(csv.DictReader(fh))
+    return {row["run_name"]: {k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows}
 
 
 def test_sigkill_mid_sweep_then_rerun_runs_only_the_missing_runs(tiny_bert_dir, tiny_sst2_dir, tmp_path):
