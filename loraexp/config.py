@@ -37,6 +37,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 # Fields of TrainingArguments that loraexp sets itself from the run's identity and layout.
 RESERVED_TRAINING_KEYS = ("output_dir", "seed", "report_to", "run_name")
+# Fields that would put a secret into config.yaml / metrics.json / W&B config.
+SECRET_TRAINING_KEYS = ("hub_token",)
 
 # Research-protocol defaults (brief, issue 2 §3): r=8, alpha=16, dropout 0.05, query/value.
 DEFAULT_LORA: dict[str, Any] = {
@@ -460,7 +462,10 @@ def _validate_training(training: dict[str, Any]) -> list[str]:
     problems = []
     allowed = {f.name for f in dataclasses.fields(TrainingArguments)}
     for key in training:
-        if key in RESERVED_TRAINING_KEYS:
+        if key in SECRET_TRAINING_KEYS:
+            problems.append(f"`training.{key}` would store a secret in config.yaml and metrics.json; pass tokens "
+                            "through the environment (HF_TOKEN, WANDB_API_KEY) instead")
+        elif key in RESERVED_TRAINING_KEYS:
             problems.append(f"`training.{key}` is set by loraexp; use the top-level field instead "
                             "(output_dir, seed, tracking.wandb)")
         elif key not in allowed:

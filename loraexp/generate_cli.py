@@ -4,7 +4,7 @@
     loraexp-generate --run <run dir> --prompt "What is 12 * 7?" --max-new-tokens 64
 
 The run directory's ``config.yaml`` names the model (and quantization); ``adapter/`` holds the
-adapter (``PeftModel.from_pretrained``). Exit code 2: the run directory is not a finished
+adapter (safetensors only, :func:`loraexp.adapters.load_adapter`). Exit code 2: the run directory is not a finished
 causal-LM run.
 """
 
@@ -56,8 +56,7 @@ def load_run(run_dir: str | Path, quantized: bool = False):
         ConfigError: no ``config.yaml`` or no ``adapter/`` in ``run_dir``, or the run is not a
             causal LM.
     """
-    from peft import PeftModel
-
+    from loraexp.adapters import check_adapter_dir, load_adapter
     from loraexp.config import build_config, read_yaml
     from loraexp.models import CAUSAL_LM, load_model, load_model_config, model_kind
     from loraexp.quantization import DTYPE_BY_NAME, bnb_config
@@ -67,15 +66,16 @@ def load_run(run_dir: str | Path, quantized: bool = False):
         raise ConfigError(f"`--run` {str(run_dir)!r} has no config.yaml; give a run directory "
                           "(<output_dir>/<sweep>/<run>)")
     adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"`--run` {str(run_dir)!r} has no adapter/adapter_config.json: the run did not finish")
+    if not adapter.is_dir():
+        raise ConfigError(f"`--run` {str(run_dir)!r} has no adapter/ directory: the run did not finish")
+    check_adapter_dir(adapter, "--run adapter")
     cfg = build_config(read_yaml(run_dir / "config.yaml"))
     if model_kind(load_model_config(cfg.model, cfg.trust_remote_code)) != CAUSAL_LM:
         raise ConfigError(f"`--run` {str(run_dir)!r} trained {cfg.model!r}, which is not a causal LM")
     quantization = bnb_config(cfg.quantization) if quantized else None
     base, tokenizer = load_model(cfg.model, CAUSAL_LM, trust_remote_code=cfg.trust_remote_code,
                                  dtype=DTYPE_BY_NAME[cfg.model_dtype], quantization_config=quantization)
-    return PeftModel.from_pretrained(base, str(adapter)).eval(), tokenizer, cfg
+    return load_adapter(base, adapter, "--run adapter").eval(), tokenizer, cfg
 
 
 def main(argv: list[str] | None = None) -> int:

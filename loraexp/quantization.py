@@ -44,6 +44,36 @@ def bnb_config(q: QuantizationConfig):
                               bnb_4bit_compute_dtype=DTYPE_BY_NAME[q.compute_dtype])
 
 
+def check_backend(q: QuantizationConfig, device: str) -> None:
+    """Check that bitsandbytes can quantize on ``device`` (``"cpu"`` or ``"cuda"``) the way
+    loading the base will: a ``(64, 64)`` tensor in ``q.compute_dtype`` goes through
+    ``quantize_4bit``/``dequantize_4bit`` (nf4/fp4, with ``q.double_quant``) or
+    ``int8_vectorwise_quant`` (int8, float16 input). No-op for ``method: none``.
+
+    Raises:
+        ConfigError: bitsandbytes is missing or its backend for ``device`` cannot do the
+            method (naming the method, the device and the bitsandbytes version).
+    """
+    if q.method == "none":
+        return
+    bnb_config(q)  # raises if bitsandbytes is missing
+    import bitsandbytes
+    import bitsandbytes.functional as F
+
+    try:
+        if q.method == "int8":
+            F.int8_vectorwise_quant(torch.randn(64, 64, dtype=torch.float16, device=device))
+        else:
+            x = torch.randn(64, 64, dtype=DTYPE_BY_NAME[q.compute_dtype], device=device)
+            packed, state = F.quantize_4bit(x, quant_type=q.method, compress_statistics=q.double_quant)
+            F.dequantize_4bit(packed, state)
+    except Exception as exc:  # NotImplementedError / RuntimeError from a backend without the kernel
+        raise ConfigError(
+            f"`quantization.method` {q.method!r} is not supported by bitsandbytes {bitsandbytes.__version__} on "
+            f"{device} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no kernel'}); "
+            "set quantization.method: none, or run on a device whose bitsandbytes backend has it (CUDA)") from None
+
+
 def keep_cpu_4bit_layout_trainable(model: torch.nn.Module) -> int:
     """Stop bitsandbytes' CPU backend from repacking 4-bit weights for inference.
 

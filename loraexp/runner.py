@@ -36,7 +36,14 @@ from loraexp.config import ExperimentConfig, build_config
 from loraexp.distributed import broadcast_from_main, is_main_process, needs_cpu_ddp, world_size
 from loraexp.errors import ConfigError, NonFiniteError, VerificationError
 from loraexp.models import CAUSAL_LM, attach_lora, load_model, load_model_config, model_kind, resolve_model
-from loraexp.quantization import DTYPE_BY_NAME, bnb_config, default_optimizer, prepare_for_training, weight_bytes
+from loraexp.quantization import (
+    DTYPE_BY_NAME,
+    bnb_config,
+    check_backend,
+    default_optimizer,
+    prepare_for_training,
+    weight_bytes,
+)
 from loraexp.results import (
     STATUS_BUSY,
     STATUS_COMPLETED,
@@ -111,9 +118,28 @@ def _check_targets(model_config, kind: str, num_labels: int, target_modules) -> 
 
 
 def _check_quantization(cfg: ExperimentConfig) -> None:
-    """A quantized base needs bitsandbytes (its CPU backend runs nf4, fp4 and int8 here too)."""
-    if cfg.quantization.method != "none":
-        bnb_config(cfg.quantization)  # raises ConfigError if bitsandbytes is missing
+    """A quantized base needs bitsandbytes with a backend for this device
+    (:func:`~loraexp.quantization.check_backend`; its CPU backend runs nf4, fp4 and int8)."""
+    check_backend(cfg.quantization, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_wandb_login(cfg: ExperimentConfig) -> None:
+    """W&B online needs a key: ``$WANDB_API_KEY``, or the ``~/.netrc`` entry that ``wandb
+    login`` writes for the W&B host (``$WANDB_BASE_URL``, default api.wandb.ai)."""
+    if cfg.tracking.wandb != "online" or os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        found = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        found = None
+    if not found:
+        raise ConfigError(f"`tracking.wandb` is 'online' but no W&B API key was found (WANDB_API_KEY unset, no "
+                          f"~/.netrc entry for {host}); run `wandb login`, or use --wandb offline (sync later with "
+                          "`wandb sync`) or --wandb disabled")
 
 
 def _check_output_dir(sweep_dir: Path, runs: list[tuple[str, ExperimentConfig]]) -> None:
@@ -138,8 +164,9 @@ def _check_output_dir(sweep_dir: Path, runs: list[tuple[str, ExperimentConfig]])
 
 def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None:
     """Fail before any training, writing nothing, if any run cannot start: unknown task,
-    missing data file, unloadable model, target modules matching nothing, output directory
-    not writable or holding a different config under the same run name.
+    missing or malformed data file, unloadable model, target modules matching nothing,
+    quantization the device's bitsandbytes backend cannot do, W&B online without a key,
+    output directory not writable or holding a different config under the same run name.
 
     Raises:
         ConfigError | DataError | ModelError: the first problem found.
@@ -160,6 +187,7 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
             _check_targets(model_configs[cfg.model], kind, task.num_labels, cfg.lora.get("target_modules", "standard"))
             checked.add(key)
         _check_quantization(cfg)
+        _check_wandb_login(cfg)
     _check_output_dir(sweep_dir, runs)
 
 
@@ -263,8 +291,6 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         record["resumed_from"] = checkpoint
     logger.info("training run %s in process %d%s", run_name, os.getpid(),
                 f", resuming from {checkpoint}" if checkpoint else "")
-    if cfg.trust_remote_code:
-        logger.warning("trust_remote_code is on: %s may run its own Python code from the Hub", cfg.model)
     store.write_config(resolved_config)
     store.write_metrics(record)
     store.start_history(keep_until_step=checkpoint_step(checkpoint) if checkpoint else None)

@@ -103,7 +103,7 @@ def check_quantized_merge(quantized_peft_model, full_precision_base, adapter_dir
 
     Merging into 4-bit weights re-quantizes ΔW and loses precision (a known PEFT
     limitation), so the adapter saved in ``adapter_dir`` is loaded on ``full_precision_base``
-    (``PeftModel.from_pretrained``) and merged there. Two figures, both max |Δ| of the
+    (:func:`loraexp.adapters.load_adapter`, safetensors only) and merged there. Two figures, both max |Δ| of the
     next-token probabilities over every position of ``batches``:
 
     * ``merge_max_abs_diff``: merged model vs full-precision adapter model, passed when
@@ -120,11 +120,11 @@ def check_quantized_merge(quantized_peft_model, full_precision_base, adapter_dir
     Returns:
         ``(merged_model, result)``.
     """
-    from peft import PeftModel
+    from loraexp.adapters import load_adapter
 
     quantized_peft_model.eval()
     quantized = _logits(quantized_peft_model, batches).softmax(-1)
-    full = PeftModel.from_pretrained(full_precision_base, str(adapter_dir)).eval()
+    full = load_adapter(full_precision_base, adapter_dir).eval()
     gap = float((_logits(full, batches).softmax(-1) - quantized).abs().max())
     merged, result = check_merge_equivalence(full, batches, atol=atol, latency_repeats=latency_repeats,
                                              space="probs")

@@ -72,10 +72,15 @@ class ClassificationTask:
         return require_file(data_dir, self.local_files[split], f"{self.name} {split}")
 
     def check_data(self, data_dir: str | Path | None) -> None:
-        """Fail early (before any training) if a local file is missing. No-op for the Hub."""
+        """Fail early (before any training) if a local file is missing, lacks columns or has
+        no rows: both splits are read once. No-op for the Hub.
+
+        Raises:
+            DataError: naming the file and what is wrong with it.
+        """
         if data_dir is not None:
             for split in SPLITS:
-                self.local_path(data_dir, split)
+                self.load_split(split, data_dir)
 
     def load_split(self, split: str, data_dir: str | Path | None):
         """Load ``split`` (``train`` | ``validation``) as a ``datasets.Dataset`` with the

@@ -35,12 +35,15 @@ class CausalLMTask:
     generation_eval = None
 
     def check_data(self, data_dir) -> None:
-        """Fail early (before any training) if a local file is missing. No-op for the Hub."""
-        from loraexp.tasks.base import require_file
+        """Fail early (before any training) if a local file is missing, unreadable, lacks
+        fields or has no rows: both splits are read once. No-op for the Hub.
 
+        Raises:
+            DataError: naming the file and what is wrong with it.
+        """
         if data_dir is not None:
             for split in SPLITS:
-                require_file(data_dir, self.local_files[split], f"{self.name} {split}")
+                self.load_split(split, data_dir)
 
     def load_split(self, split: str, data_dir):
         """``datasets.Dataset`` of raw rows of ``split`` (``train`` | ``validation``)."""

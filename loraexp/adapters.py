@@ -1,0 +1,72 @@
+"""Load a saved LoRA adapter safely: safetensors only, checked before PEFT reads it.
+
+A run's ``adapter/`` is written by ``PeftModel.save_pretrained`` (``adapter_config.json`` +
+``adapter_model.safetensors``). A pickled ``adapter_model.bin`` is refused: unpickling runs
+code, safetensors holds tensors only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loraexp.errors import ConfigError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter_dir(path: str | Path, field: str = "adapter") -> None:
+    """Check that ``path`` holds a readable LoRA adapter without loading any model.
+
+    ``adapter_config.json`` must parse as a PEFT config with ``peft_type`` LORA and
+    ``adapter_model.safetensors`` must have a valid safetensors header with ``lora_A`` /
+    ``lora_B`` tensors.
+
+    Raises:
+        ConfigError: naming ``field``, the path and what is wrong (missing, not JSON, not a
+            LoRA config, pickled weights only, corrupted safetensors).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    where = f"`{field}` directory {str(path)!r}"
+    config_path, weights = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
+    if not config_path.is_file():
+        raise ConfigError(f"{where} has no {ADAPTER_CONFIG}; expected a PEFT adapter saved by save_pretrained")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: {ADAPTER_CONFIG} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        got = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise ConfigError(f"{where}: {ADAPTER_CONFIG} must describe a LoRA adapter (peft_type LORA), got {got!r}")
+    if not weights.is_file():
+        pickled = " (adapter_model.bin is refused: pickled weights can run code; re-save with safetensors)" \
+            if (path / "adapter_model.bin").exists() else ""
+        raise ConfigError(f"{where} has no {ADAPTER_WEIGHTS}{pickled}")
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
+        raise ConfigError(f"{where}: {ADAPTER_WEIGHTS} is corrupted ({type(exc).__name__}: {exc})") from None
+    if not any("lora_A" in k for k in keys) or not any("lora_B" in k for k in keys):
+        raise ConfigError(f"{where}: {ADAPTER_WEIGHTS} holds no lora_A/lora_B tensors (keys: {keys[:5]})")
+
+
+def load_adapter(base_model, path: str | Path, field: str = "adapter"):
+    """``PeftModel.from_pretrained(base_model, path)`` after :func:`check_adapter_dir`, reading
+    safetensors only (``use_safetensors=True``).
+
+    Raises:
+        ConfigError: see :func:`check_adapter_dir`; also when PEFT cannot apply the adapter to
+            ``base_model`` (e.g. shapes of another model).
+    """
+    from peft import PeftModel
+
+    check_adapter_dir(path, field)
+    try:
+        return PeftModel.from_pretrained(base_model, str(path), use_safetensors=True)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"`{field}` directory {str(path)!r} does not fit the base model "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
