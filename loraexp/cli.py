@@ -18,6 +18,7 @@ from loraexp.config import (
     load_config,
     parse_set_overrides,
 )
+from loraexp.distributed import is_main_process
 from loraexp.errors import LoraexpError
 
 # CLI flag -> dotted config key
@@ -76,10 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     except LoraexpError as exc:
         print(f"loraexp: error: {exc}", file=sys.stderr)
         return 2
+    code = 0 if result.all_completed else 1
+    if not is_main_process():  # under accelerate launch, rank 0 prints
+        return code
     print(f"\nSweep {result.sweep_dir} ({len(result.runs)} runs):\n")
     print(result.summary_markdown)
     print(f"Summary written to {result.sweep_dir / 'summary.md'} and summary.csv")
-    return 0 if result.all_completed else 1
+    return code
 
 
 if __name__ == "__main__":

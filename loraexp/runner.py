@@ -328,6 +328,11 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
             training["optim"] = optimizer
         if needs_cpu_ddp():
             training.setdefault("use_cpu", True)  # else transformers runs each process alone
+        if kind != CAUSAL_LM:
+            # A classification loss is a per-example mean: the Trainer's token-count rescaling
+            # (loss x num_processes under DDP, for losses summed over tokens) would double it,
+            # eval loss included (transformers issue #35078).
+            training.setdefault("average_tokens_across_devices", False)
         record["resolved"] = {
             "model_path": resolve_model(cfg.model), "model_type": model.config.model_type, "objective": kind,
             "target_modules": lora_config.target_modules,

@@ -77,6 +77,22 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout_dir(tmp_path_factory, minilm_path) -> str:
+    """The tiny BERT of :func:`tiny_bert_dir` with every dropout at 0, so training is a
+    deterministic function of the examples in each step (no per-process RNG)."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    torch.manual_seed(0)
+    config = tiny_bert_config(vocab_size=tokenizer.vocab_size, hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture
 def tiny_sst2_dir(tmp_path) -> str:
     """A local data directory in shared/data layout with 64 train and 32 dev SST-2-style rows."""
