@@ -12,7 +12,9 @@ import sys
 
 from loraexp.config import (
     ABLATION_TYPES,
+    OPTUNA_SAMPLERS,
     QUANT_METHODS,
+    SWEEP_BACKENDS,
     SWEEP_MODES,
     WANDB_MODES,
     load_config,
@@ -28,6 +30,7 @@ FLAG_KEYS = {
     "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
     "max_steps": "training.max_steps", "wandb": "tracking.wandb", "quantization": "quantization.method",
     "double_quant": "quantization.double_quant", "export_merged": "export_merged",
+    "backend": "sweep.backend", "storage": "sweep.storage", "sampler": "sweep.sampler", "n_trials": "sweep.n_trials",
 }
 
 
@@ -58,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="Override any config key, e.g. --set lora.r=32 --set training.learning_rate=3e-4.")
     p.add_argument("--rerun", action="store_true", help="Run again runs whose metrics.json says completed.")
+    p.add_argument("--backend", choices=SWEEP_BACKENDS,
+                   help="local: run here in order; optuna: work on a shared Optuna study (start on several "
+                        "processes/machines).")
+    p.add_argument("--storage", help="Optuna storage: journal file path or database URL (postgresql://...).")
+    p.add_argument("--sampler", choices=OPTUNA_SAMPLERS, help="Optuna: grid (the sweep's runs) or tpe search.")
+    p.add_argument("--n-trials", type=int, help="Optuna TPE: trials in the study (all workers together).")
+    p.add_argument("--export-wandb-sweep", metavar="SWEEP_YAML",
+                   help="Write a W&B grid sweep (and SWEEP_YAML's .base.yaml config beside it) instead of running; "
+                        "then `wandb sweep SWEEP_YAML` and `wandb agent <id>` on each VM.")
     p.add_argument("--no-progress", action="store_true", help="Hide the sweep progress bar.")
     return p
 
@@ -73,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.save_steps is not None:
             cli.update({"training.save_strategy": "steps", "training.save_steps": args.save_steps})
         cfg = load_config(args.config, overrides=parse_set_overrides(args.overrides), cli=cli)
-        result = run_sweep(cfg, rerun=args.rerun, progress=not args.no_progress, resume=args.resume)
+        if args.export_wandb_sweep:
+            return _export(cfg, args.export_wandb_sweep)
+        if cfg.sweep.backend == "optuna":
+            from loraexp.optuna_backend import run_optuna
+
+            result = run_optuna(cfg, resume=True)
+        else:
+            result = run_sweep(cfg, rerun=args.rerun, progress=not args.no_progress, resume=args.resume)
     except LoraexpError as exc:
         print(f"loraexp: error: {exc}", file=sys.stderr)
         return 2
@@ -84,6 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     print(result.summary_markdown)
     print(f"Summary written to {result.sweep_dir / 'summary.md'} and summary.csv")
     return code
+
+
+def _export(cfg, path: str) -> int:
+    from loraexp.wandb_sweep import export_wandb_sweep
+
+    sweep_yaml, base_yaml = export_wandb_sweep(cfg, path)
+    print(f"W&B sweep written to {sweep_yaml} (trials start from {base_yaml}).\n"
+          f"Create it: wandb sweep {sweep_yaml}\nOn each VM, from the repository root: wandb agent <entity/project/id>")
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from loraexp.errors import ConfigError
 DATA_DIR_ENV = "LORAEXP_DATA_DIR"
 WANDB_MODES = ("online", "offline", "disabled")
 SWEEP_MODES = ("single", "sweep", "ablation")
+SWEEP_BACKENDS = ("local", "optuna")
+OPTUNA_SAMPLERS = ("grid", "tpe")
 ABLATION_TYPES = ("rank", "alpha", "modules", "quantization", "grid")
 QUANT_METHODS = ("none", "nf4", "fp4", "int8")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -158,6 +160,24 @@ class SweepConfig:
     grid: dict[str, list] = _help(
         "Grid ablation: dotted config keys mapped to lists of values; runs are their cartesian product, "
         "e.g. {'lora.r': [4, 8], 'training.learning_rate': [1e-4, 3e-4]}.", default_factory=dict)
+    backend: str = _help(
+        "Who schedules the runs: local (this process, in order) | optuna (a shared Optuna study: start the same "
+        "command on several processes or machines; needs sweep.storage and the optuna extra).", default="local")
+    storage: str | None = _help(
+        "Optuna storage shared by the workers: a journal file path (on a disk every worker sees) or a database "
+        "URL (postgresql://user:pass@host/db).", default=None)
+    sampler: str = _help("Optuna sampler: grid (exactly the runs the local backend would run, each once) | tpe "
+                         "(TPE search over tpe_learning_rate and tpe_ranks, n_trials trials).", default="grid")
+    n_trials: int = _help("TPE: trials in the study (all workers together).", default=20)
+    tpe_learning_rate: list[float] = _help("TPE: [low, high] of the log-uniform learning-rate range.",
+                                           default_factory=lambda: [1e-5, 1e-2])
+    tpe_ranks: list[int] = _help("TPE: candidate values of r (lora_alpha = 2r, as in the rank ablation).",
+                                 default_factory=lambda: [4, 8, 16, 32])
+    metric: str | None = _help("Metric the Optuna study and an exported W&B sweep optimise, an eval key "
+                               "(accuracy, f1, loss, perplexity, exact_match); None: accuracy for "
+                               "classification, loss for causal LMs.", default=None)
+    direction: str | None = _help("maximize | minimize; None: minimize for loss/perplexity, else maximize.",
+                                  default=None)
 
 
 @dataclass
@@ -542,6 +562,22 @@ def validate(cfg: ExperimentConfig) -> list[str]:
                         f"got {s.quantizations!r}")
     if not all(_positive_int(x) for x in s.ranks):
         problems.append(f"`sweep.ranks` must be a list of positive ints, got {s.ranks!r}")
+    if s.backend not in SWEEP_BACKENDS:
+        problems.append(f"`sweep.backend` must be one of {', '.join(SWEEP_BACKENDS)}, got {s.backend!r}")
+    if s.backend == "optuna" and not s.storage:
+        problems.append("`sweep.storage` must name an Optuna storage (a journal file path or a database URL) "
+                        "when `sweep.backend` is optuna, got None")
+    if s.sampler not in OPTUNA_SAMPLERS:
+        problems.append(f"`sweep.sampler` must be one of {', '.join(OPTUNA_SAMPLERS)}, got {s.sampler!r}")
+    if not _positive_int(s.n_trials):
+        problems.append(f"`sweep.n_trials` must be a positive int, got {s.n_trials!r}")
+    low_high = s.tpe_learning_rate
+    if len(low_high) != 2 or not 0 < low_high[0] < low_high[1]:
+        problems.append(f"`sweep.tpe_learning_rate` must be [low, high] with 0 < low < high, got {low_high!r}")
+    if not s.tpe_ranks or not all(_positive_int(x) for x in s.tpe_ranks):
+        problems.append(f"`sweep.tpe_ranks` must be a non-empty list of positive ints, got {s.tpe_ranks!r}")
+    if s.direction not in (None, "maximize", "minimize"):
+        problems.append(f"`sweep.direction` must be maximize, minimize or null, got {s.direction!r}")
     if s.name is not None and (not s.name or "/" in s.name or s.name in (".", "..")):
         problems.append(f"`sweep.name` must be a plain directory name, got {s.name!r}")
     return problems

@@ -32,7 +32,7 @@ from loraexp.callbacks import (
     NonFiniteCallback,
 )
 from loraexp.checkpoints import checkpoint_step, last_complete_checkpoint
-from loraexp.config import ExperimentConfig, build_config
+from loraexp.config import ExperimentConfig, apply_overrides, build_config
 from loraexp.distributed import broadcast_from_main, is_main_process, needs_cpu_ddp, world_size
 from loraexp.errors import ConfigError, NonFiniteError, VerificationError
 from loraexp.models import CAUSAL_LM, attach_lora, load_model, load_model_config, model_kind, resolve_model
@@ -54,10 +54,10 @@ from loraexp.results import (
     RunStore,
     write_sweep_summary,
 )
-from loraexp.sweep import expand, sweep_name
+from loraexp.sweep import expand, run_name, sweep_name
 from loraexp.target_modules import matched_module_names, resolve_target_modules
 from loraexp.tasks import get_task, task_kind
-from loraexp.tracking import make_tracker
+from loraexp.tracking import effective_mode, make_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _check_quantization(cfg: ExperimentConfig) -> None:
 def _check_wandb_login(cfg: ExperimentConfig) -> None:
     """W&B online needs a key: ``$WANDB_API_KEY``, or the ``~/.netrc`` entry that ``wandb
     login`` writes for the W&B host (``$WANDB_BASE_URL``, default api.wandb.ai)."""
-    if cfg.tracking.wandb != "online" or os.environ.get("WANDB_API_KEY"):
+    if effective_mode(cfg.tracking.wandb) != "online" or os.environ.get("WANDB_API_KEY"):
         return
     import netrc
     from urllib.parse import urlparse
@@ -467,3 +467,26 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True,
     bar.close()
     markdown = write_sweep_summary(sweep_dir, [name for name, _ in runs]) if is_main_process() else ""
     return SweepResult(sweep_dir, results, markdown)
+
+
+def run_trial(base: ExperimentConfig, overrides: dict[str, Any], resume: bool = True) -> RunResult:
+    """One run of the sweep ``base`` describes, chosen by an external scheduler (a W&B agent,
+    an Optuna worker): ``base`` with ``overrides`` applied, named as :func:`run_sweep` would
+    name it, pre-flighted, run unless done (continuing from its last checkpoint), and the
+    sweep summary rewritten under its lock.
+
+    Raises:
+        ConfigError | DataError | ModelError: bad overrides or a run that cannot start.
+    """
+    cfg = apply_overrides(base, {**overrides, "sweep.mode": "single", "sweep.ablation_type": None,
+                                 "sweep.name": sweep_name(base)})
+    expected = expand(base)
+    name = next((n for n, c in expected if c.run_id == cfg.run_id), run_name(cfg))
+    sweep_dir = Path(base.output_dir) / sweep_name(base)
+    preflight([(name, cfg)], sweep_dir)
+    result = run_unless_done(name, cfg, sweep_dir, resume=resume)
+    if is_main_process():
+        names = [n for n, _ in expected]
+        present = sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
+        write_sweep_summary(sweep_dir, names + [n for n in present if n not in names])
+    return result

@@ -7,6 +7,7 @@ nothing. Offline W&B writes under the run directory and needs no network or logi
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -58,10 +59,21 @@ class WandbTracker:
         self._run.finish(exit_code=exit_code)
 
 
+def effective_mode(mode: str) -> str:
+    """The W&B mode a run uses: ``mode`` from the config, except that ``online`` yields to
+    ``WANDB_MODE=offline|disabled`` in the environment (W&B's own switch), so a trial of an
+    exported sweep can be run without a server."""
+    env = os.environ.get("WANDB_MODE")
+    if mode == "online" and env in ("offline", "disabled"):
+        return env
+    return mode
+
+
 def make_tracker(mode: str, *, project: str, entity: str | None, group: str, name: str,
                  config: dict[str, Any], directory: str, is_main_process: bool = True) -> Tracker:
-    """A :class:`WandbTracker` for ``online``/``offline``, else a :class:`NoOpTracker`
-    (also on non-main processes, so a multi-process run logs once)."""
+    """A :class:`WandbTracker` for ``online``/``offline`` (see :func:`effective_mode`), else a
+    :class:`NoOpTracker` (also on non-main processes, so a multi-process run logs once)."""
+    mode = effective_mode(mode)
     if mode == "disabled" or not is_main_process:
         return NoOpTracker()
     return WandbTracker(mode, project, entity, group, name, config, directory)

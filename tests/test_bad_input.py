@@ -49,6 +49,7 @@ def _other_config_in_run_dir(e, mp):
 
 def _wandb_online_without_key(e, mp):
     mp.delenv("WANDB_API_KEY", raising=False)
+    mp.delenv("WANDB_MODE", raising=False)
     mp.setenv("NETRC", str(e["tmp"] / "no-netrc"))
     return ["--wandb", "online"]
 
@@ -68,6 +69,18 @@ def _no_bitsandbytes(e, mp):
 
     mp.setitem(sys.modules, "bitsandbytes", None)
     return ["--quantization", "int8"]
+
+
+def _no_optuna(e, mp):
+    import sys
+
+    mp.setitem(sys.modules, "optuna", None)
+    return ["--backend", "optuna", "--storage", str(e["tmp"] / "study.journal")]
+
+
+def _export_over_another_file(e, mp):
+    _write(e["out"] / "keep.yaml", "program: mine.py\n")
+    return ["--export-wandb-sweep", str(e["out"] / "keep.yaml")]
 
 
 def _run_dir_with_adapter(e, weights: bytes | None, config: str = '{"peft_type": "LORA", "r": 2}'):
@@ -135,6 +148,14 @@ CASES = [
     ("secret-in-config", "main", lambda e, mp: ["--set", "training.hub_token=hf_abc"],
      ["`training.hub_token` would store a secret", "HF_TOKEN"]),
     ("set-without-value", "main", lambda e, mp: ["--set", "lora.r"], ["`--set` expects key=value, got 'lora.r'"]),
+    ("optuna-without-storage", "main", lambda e, mp: ["--backend", "optuna"],
+     ["`sweep.storage` must name an Optuna storage (a journal file path or a database URL)"]),
+    ("optuna-storage-directory-missing", "main",
+     lambda e, mp: ["--backend", "optuna", "--storage", str(e["tmp"] / "nowhere" / "study.journal")],
+     ["`sweep.storage` journal file", "does not exist; give a path on a disk every worker sees"]),
+    ("optuna-not-installed", "main", _no_optuna, ["`sweep.backend` 'optuna' needs the optuna extra"]),
+    ("export-would-overwrite-a-file", "main", _export_over_another_file,
+     ["`--export-wandb-sweep` would overwrite", "keep.yaml"]),
     ("adapter-weights-corrupted", "generate",
      lambda e, mp: ["--run", str(_run_dir_with_adapter(e, b"\x00garbage"))],
      ["`--run adapter` directory", "adapter_model.safetensors is corrupted"]),

@@ -1,0 +1,116 @@
+"""Run a sweep as a shared Optuna study (``--backend optuna --storage ...``).
+
+Start the same command on several processes or machines: they share one study in the
+storage (a journal file on a disk all of them see, or a database URL) and pull trials from
+it. Each trial is one loraexp run (:func:`loraexp.runner.run_trial`): written to the same
+``<output_dir>/<sweep>/<run>`` layout, resumed from its checkpoint if cut short, skipped if
+completed.
+
+* ``sweep.sampler: grid`` -- exactly the runs the local backend would run. Optuna's
+  ``GridSampler`` gives trial number k < grid size the k-th grid point (optuna >= 4: trial
+  numbers are unique in the storage, so no point is handed out twice); a trial numbered
+  past the grid (two workers asked at the same moment for the last point) is pruned before
+  anything runs, so no run is trained twice.
+* ``sweep.sampler: tpe`` -- ``TPESampler`` over ``training.learning_rate`` (log-uniform in
+  ``sweep.tpe_learning_rate``) and ``lora.r`` (``sweep.tpe_ranks``, lora_alpha = 2r), until
+  the study holds ``sweep.n_trials`` trials.
+
+The study maximises or minimises the eval metric of :func:`loraexp.objective.objective`; a
+failed run is a FAIL trial (objective NaN).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from loraexp.config import ExperimentConfig
+from loraexp.errors import ConfigError
+from loraexp.grid import grid_parameters, overrides_from_params
+from loraexp.objective import objective
+from loraexp.results import STATUS_COMPLETED, STATUS_SKIPPED, write_sweep_summary
+from loraexp.runner import RunResult, SweepResult, preflight, run_trial
+from loraexp.sweep import expand, sweep_name
+
+logger = logging.getLogger(__name__)
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("`sweep.backend` 'optuna' needs the optuna extra: pip install -e '.[optuna]' "
+                          "(or pip install optuna); or use --backend local") from None
+    return optuna
+
+
+def make_storage(storage: str):
+    """An Optuna storage: a database URL (``postgresql://...``, ``sqlite:///...``) as is, else a
+    journal file path (``JournalStorage(JournalFileBackend(path))``, safe for several
+    processes: the file is appended under a lock).
+
+    Raises:
+        ConfigError: the journal file's directory does not exist.
+    """
+    optuna = _optuna()
+    if "://" in storage:
+        return storage
+    path = Path(storage)
+    if not path.parent.is_dir():
+        raise ConfigError(f"`sweep.storage` journal file {storage!r}: directory {str(path.parent)!r} does not "
+                          "exist; give a path on a disk every worker sees, or a database URL")
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _trial_overrides(trial, cfg: ExperimentConfig, space: dict[str, list] | None) -> dict[str, Any]:
+    if space is not None:
+        return overrides_from_params({key: trial.suggest_categorical(key, values) for key, values in space.items()})
+    s = cfg.sweep
+    r = trial.suggest_categorical("lora.r", s.tpe_ranks)
+    lr = trial.suggest_float("training.learning_rate", s.tpe_learning_rate[0], s.tpe_learning_rate[1], log=True)
+    return {"lora.r": r, "lora.lora_alpha": 2 * r, "training.learning_rate": lr}
+
+
+def run_optuna(cfg: ExperimentConfig, resume: bool = True) -> SweepResult:
+    """Work on the shared study of ``cfg``'s sweep until it has no trial left to hand out;
+    returns this worker's runs and the sweep summary (all workers' runs).
+
+    Raises:
+        ConfigError | DataError | ModelError: optuna missing, bad storage, or a run that
+            cannot start (pre-flight of every grid run, before any training).
+    """
+    optuna = _optuna()
+    grid = cfg.sweep.sampler == "grid"
+    runs = expand(cfg)
+    sweep_dir = Path(cfg.output_dir) / sweep_name(cfg)
+    preflight(runs, sweep_dir)
+    metric, direction = objective(cfg)
+    space = grid_parameters(cfg) if grid else None
+    size = len(runs) if grid else cfg.sweep.n_trials
+    sampler = optuna.samplers.GridSampler(space) if grid else optuna.samplers.TPESampler()
+    study = optuna.create_study(study_name=sweep_name(cfg), storage=make_storage(cfg.sweep.storage),
+                                sampler=sampler, direction=direction, load_if_exists=True)
+    mine: list[RunResult] = []
+
+    def trial_objective(trial) -> float:
+        if trial.number >= size:  # handed out after the last point: nothing to run
+            raise optuna.TrialPruned(f"trial {trial.number} is past the {size} trials of the sweep")
+        result = run_trial(cfg, _trial_overrides(trial, cfg, space), resume=resume)
+        mine.append(result)
+        trial.set_user_attr("run_name", result.run_name)
+        trial.set_user_attr("status", result.status)
+        value = (result.metrics.get("eval") or {}).get(metric)
+        if result.status not in (STATUS_COMPLETED, STATUS_SKIPPED) or value is None:
+            return math.nan  # a FAIL trial; the run's metrics.json says why
+        return float(value)
+
+    while len(study.get_trials(deepcopy=False)) < size:
+        study.optimize(trial_objective, n_trials=1)
+    names = [name for name, _ in runs] if grid else sorted(
+        p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
+    markdown = write_sweep_summary(sweep_dir, names)
+    return SweepResult(sweep_dir, mine, markdown)

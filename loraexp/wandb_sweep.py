@@ -1,0 +1,74 @@
+"""Export a sweep as a W&B grid sweep whose trials run through loraexp.
+
+``--export-wandb-sweep sweep.yaml`` writes two files:
+
+* ``sweep.yaml``: ``wandb sweep sweep.yaml`` creates the sweep; ``wandb agent <id>`` on
+  each VM runs trials. ``method: grid`` over :func:`loraexp.grid.grid_parameters`,
+  ``program: experiments/trial.py`` and ``command`` ending in ``${args}``, so the agent
+  calls ``python experiments/trial.py --config sweep.base.yaml --lora.r=8 ...``;
+* ``sweep.base.yaml``: the resolved config every trial starts from (``tracking.wandb:
+  online``: the agent's runs must report to the W&B server).
+
+Paths in the command are as given, relative to where ``wandb agent`` is started (the
+repository root).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loraexp.config import ExperimentConfig
+from loraexp.errors import ConfigError
+from loraexp.grid import grid_parameters
+from loraexp.objective import objective
+from loraexp.results import atomic_write_text
+from loraexp.sweep import expand, sweep_name
+
+TRIAL_PROGRAM = "experiments/trial.py"
+
+
+def base_config_path(sweep_path: str | Path) -> Path:
+    """``sweep.yaml`` -> ``sweep.base.yaml`` (same directory)."""
+    sweep_path = Path(sweep_path)
+    return sweep_path.with_name(f"{sweep_path.stem}.base.yaml")
+
+
+def sweep_spec(cfg: ExperimentConfig, base_path: str | Path) -> dict[str, Any]:
+    """The W&B sweep configuration (a dict) for ``cfg``'s runs."""
+    metric, goal = objective(cfg)
+    return {
+        "name": sweep_name(cfg),
+        "program": TRIAL_PROGRAM,
+        "method": "grid",
+        "metric": {"name": f"eval/{metric}", "goal": goal},
+        "parameters": {key: {"values": values} for key, values in grid_parameters(cfg).items()},
+        "command": ["${env}", "${interpreter}", "${program}", "--config", str(base_path), "${args}"],
+    }
+
+
+def export_wandb_sweep(cfg: ExperimentConfig, path: str | Path) -> tuple[Path, Path]:
+    """Write the W&B sweep YAML at ``path`` and its base config beside it; returns both paths.
+
+    Raises:
+        ConfigError: the sweep expands to an invalid config, ``path`` is not a .yaml/.yml
+            file name, or either file exists with different content.
+    """
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"`--export-wandb-sweep` must name a .yaml file, got {str(path)!r}")
+    expand(cfg)  # every run config must be valid before anything is written
+    base = cfg.to_dict()
+    base["tracking"]["wandb"] = "online"
+    base_path = base_config_path(path)
+    spec_text = yaml.safe_dump(sweep_spec(cfg, base_path), sort_keys=False)
+    base_text = yaml.safe_dump(base, sort_keys=False)
+    for target, text in ((path, spec_text), (base_path, base_text)):  # check both before writing either
+        if target.exists() and target.read_text() != text:
+            raise ConfigError(f"`--export-wandb-sweep` would overwrite {str(target)!r}, which holds something "
+                              "else; choose another file name or delete it")
+    atomic_write_text(base_path, base_text)
+    atomic_write_text(path, spec_text)
+    return path, base_path
