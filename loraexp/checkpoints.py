@@ -16,6 +16,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Written by loraexp into each checkpoint (on_save): the verification state at that step.
+VERIFICATION_FILE = "loraexp_verification.json"
 # Written by Trainer._save_checkpoint; trainer_state.json comes last.
 REQUIRED_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 
@@ -66,3 +68,29 @@ def last_complete_checkpoint(checkpoints_dir: str | Path, remove_incomplete: boo
         if remove_incomplete:
             shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def is_final(path: str | Path) -> bool:
+    """True when the checkpoint was saved at the run's last optimizer step (``global_step >=
+    max_steps`` in its ``trainer_state.json``): nothing is left to train. Resuming such a
+    checkpoint with ``Trainer.train`` would take one step past ``max_steps`` (transformers
+    5.23), so the runner restores its adapter instead."""
+    state = json.loads((Path(path) / "trainer_state.json").read_text())
+    return state.get("max_steps", 0) > 0 and state["global_step"] >= state["max_steps"]
+
+
+def write_verification(path: str | Path, record: dict) -> None:
+    """Store the verification state (frozen base, gradient flow) of the attempt that saved
+    checkpoint ``path``, so a resumed attempt can carry it forward."""
+    from loraexp.results import atomic_write_text
+
+    atomic_write_text(Path(path) / VERIFICATION_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def read_verification(path: str | Path) -> dict:
+    """The record of :func:`write_verification`, or ``{}`` if absent or unreadable (a kill
+    between the Trainer's save and loraexp's)."""
+    try:
+        return json.loads((Path(path) / VERIFICATION_FILE).read_text())
+    except (OSError, ValueError):
+        return {}

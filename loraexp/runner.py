@@ -25,13 +25,14 @@ from loraexp.analysis.merge import check_merge_equivalence, check_quantized_merg
 from loraexp.analysis.params import parameter_report
 from loraexp.callbacks import (
     AdapterStatsCallback,
+    CheckpointRecordCallback,
     EfficiencyCallback,
     FrozenBaseCallback,
     GradFlowCallback,
     HistoryCallback,
     NonFiniteCallback,
 )
-from loraexp.checkpoints import checkpoint_step, last_complete_checkpoint
+from loraexp.checkpoints import checkpoint_step, is_final, last_complete_checkpoint, read_verification
 from loraexp.config import ExperimentConfig, apply_overrides, build_config
 from loraexp.distributed import broadcast_from_main, is_main_process, needs_cpu_ddp, world_size
 from loraexp.errors import ConfigError, NonFiniteError, VerificationError
@@ -259,6 +260,25 @@ def _verify_merge(cfg: ExperimentConfig, peft_model, trainer, store: RunStore, k
                                  atol=v.quantized_merge_atol, latency_repeats=v.latency_repeats)
 
 
+def _restore_final_checkpoint(peft_model, checkpoint: str, prior: dict, frozen, stats) -> None:
+    """Load the adapter (and trained head) of a checkpoint saved at the last optimizer step
+    into ``peft_model`` (``peft.set_peft_model_state_dict``) instead of calling
+    ``Trainer.train``, and take the frozen-base result recorded with it.
+
+    Raises:
+        VerificationError: the checkpoint's adapter does not fit the model.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    loaded = set_peft_model_state_dict(peft_model, load_file(Path(checkpoint) / "adapter_model.safetensors"))
+    if loaded.unexpected_keys:
+        raise VerificationError(f"checkpoint {checkpoint} holds tensors the model lacks: {loaded.unexpected_keys[:3]}")
+    frozen.result = prior.get("frozen_base") or {
+        "frozen_base": False, "reason": f"checkpoint {checkpoint} has no verification record"}
+    stats.finish(checkpoint_step(checkpoint), peft_model)
+
+
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, resume: bool = False) -> RunResult:
     """Train, evaluate and verify one LoRA run; write its results under ``run_dir``.
 
@@ -302,8 +322,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         store.append_history({"step": step, **metrics})
         tracker.log(metrics, step=step)
 
+    prior = read_verification(checkpoint) if checkpoint else {}  # what the attempt that saved it had verified
     frozen = FrozenBaseCallback()
-    grad_flow = GradFlowCallback(cfg.verification.grad_flow_steps)
+    grad_flow = GradFlowCallback(cfg.verification.grad_flow_steps, prior=prior.get("grad_flow"))
     stats = AdapterStatsCallback(log, every=cfg.tracking.stats_every_steps)
     efficiency = EfficiencyCallback()
     non_finite = NonFiniteCallback()
@@ -351,7 +372,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         trainer = Trainer(
             model=peft_model, args=args, train_dataset=train_data, eval_dataset=eval_data,
             data_collator=task.collator(tokenizer), **task.trainer_metrics(tokenizer),
-            callbacks=[non_finite, frozen, grad_flow, stats, efficiency, HistoryCallback(log)],
+            callbacks=[non_finite, frozen, grad_flow, CheckpointRecordCallback(frozen, grad_flow), stats, efficiency,
+                       HistoryCallback(log)],
         )
         if kind == CAUSAL_LM and cfg.evaluation.base_model:
             if checkpoint and previous.get("base_eval"):
@@ -359,8 +381,13 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
             else:
                 with peft_model.disable_adapter():
                     record["base_eval"] = _evaluate(trainer, task, tokenizer, eval_split, cfg, store, "base")
-        trainer.train(resume_from_checkpoint=checkpoint)
+        if checkpoint and is_final(checkpoint):  # training had ended; the kill came after the last save
+            _restore_final_checkpoint(peft_model, checkpoint, prior, frozen, stats)
+        else:
+            trainer.train(resume_from_checkpoint=checkpoint)
         verification.update(frozen.result, **grad_flow.result)
+        if prior:
+            verification["carried_from_checkpoint"] = checkpoint_step(checkpoint)
         record["training_efficiency"] = {**efficiency.result, **memory}
 
         # evaluate -> save adapter

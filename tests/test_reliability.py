@@ -200,3 +200,41 @@ def test_summary_writers_wait_for_each_other(tmp_path):
     lock.release()
     writer.join(timeout=30)
     assert done.is_set() and "missing" in (tmp_path / "summary.csv").read_text()
+
+
+@pytest.mark.parametrize("crash_after_step", [24, 23])
+def test_resume_after_a_crash_near_the_end_carries_verification_forward(
+        tiny_bert_dir, tiny_sst2_dir, tmp_path, monkeypatch, crash_after_step):
+    """A crash after the last save (24: training done, evaluation cut short) or with one step
+    left (23) resumes to the same adapter as an uninterrupted run: no step past max_steps, and
+    the gradient-flow check passed in the first attempt counts (one or zero steps remain)."""
+    from transformers import TrainerCallback
+
+    cfg = build_config(overrides={"model": tiny_bert_dir, "data_dir": tiny_sst2_dir, "output_dir": str(tmp_path),
+                                  "training.max_steps": 24, "training.save_strategy": "steps",
+                                  "training.save_steps": 23 if crash_after_step == 23 else 8,
+                                  "training.per_device_train_batch_size": 8, "verification.latency_repeats": 1})
+    reference = runner.run_experiment(cfg, tmp_path / "reference", "run")
+    assert reference.status == "completed", reference.metrics.get("error")
+
+    class Crash(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == crash_after_step:
+                raise KeyboardInterrupt  # like a kill: nothing after the save runs
+
+    original = runner.HistoryCallback
+    monkeypatch.setattr(runner, "HistoryCallback", lambda log: Crash())  # in the callback list's last place
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment(cfg, tmp_path / "crashed", "run")
+    monkeypatch.setattr(runner, "HistoryCallback", original)
+    resumed = runner.run_experiment(cfg, tmp_path / "crashed", "run", resume=True)
+    assert resumed.status == "completed", resumed.metrics.get("error")
+    ver = resumed.metrics["verification"]
+    assert ver["carried_from_checkpoint"] == crash_after_step and ver["grad_flow"] and ver["frozen_base"]
+    steps = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "crashed" / "checkpoints").iterdir())
+    assert max(steps) == 24  # never a step past max_steps
+    a = load_file(tmp_path / "reference" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "crashed" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics["eval"]["accuracy"] == reference.metrics["eval"]["accuracy"]
+    assert resumed.metrics["lora_rank"] == reference.metrics["lora_rank"]

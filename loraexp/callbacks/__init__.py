@@ -1,11 +1,12 @@
 """Thin TrainerCallbacks (one per file); the math lives in :mod:`loraexp.analysis`."""
 
 from loraexp.callbacks.adapter_stats import AdapterStatsCallback
+from loraexp.callbacks.checkpoint_record import CheckpointRecordCallback
 from loraexp.callbacks.efficiency import EfficiencyCallback
 from loraexp.callbacks.frozen_base import FrozenBaseCallback
 from loraexp.callbacks.grad_flow import GradFlowCallback
 from loraexp.callbacks.history import HistoryCallback
 from loraexp.callbacks.non_finite import NonFiniteCallback
 
-__all__ = ["AdapterStatsCallback", "EfficiencyCallback", "FrozenBaseCallback", "GradFlowCallback",
-           "HistoryCallback", "NonFiniteCallback"]
+__all__ = ["AdapterStatsCallback", "CheckpointRecordCallback", "EfficiencyCallback", "FrozenBaseCallback",
+           "GradFlowCallback", "HistoryCallback", "NonFiniteCallback"]

@@ -38,16 +38,21 @@ class AdapterStatsCallback(TrainerCallback):
         self.every = every
         self.final: dict[str, dict] = {}
 
-    def _record(self, state, model) -> dict[str, dict]:
+    def _record(self, step: int, model) -> dict[str, dict]:
         with torch.no_grad():
             stats = adapter_statistics(model)
-        self.log(flatten_statistics(stats), state.global_step)
+        self.log(flatten_statistics(stats), step)
         return stats
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and state.global_step % self.every == 0:
-            self._record(state, kwargs["model"])
+            self._record(state.global_step, kwargs["model"])
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.final = self._record(state, kwargs["model"])
+            self.final = self._record(state.global_step, kwargs["model"])
+
+    def finish(self, step: int, model) -> None:
+        """Record the final statistics at optimizer step ``step`` without a training loop (a
+        run restored from its last checkpoint)."""
+        self.final = self._record(step, model)

@@ -49,6 +49,11 @@ class FrozenBaseCallback(TrainerCallback):
         if with_grad:
             self._fail("received a gradient", with_grad)
 
+    def state_now(self, model) -> dict:
+        """``result`` as it would be if training ended now (for a checkpoint's record)."""
+        changed = changed_tensors(self._start, fingerprint_base(model))
+        return {**self.result, "changed_tensors": changed, "frozen_base": not changed}
+
     def on_train_end(self, args, state, control, **kwargs):
         changed = changed_tensors(self._start, fingerprint_base(kwargs["model"]))
         self.result["changed_tensors"] = changed

@@ -28,15 +28,19 @@ class GradFlowCallback(TrainerCallback):
       warmup starting at lr 0 that can be later than step 2): that module's ``lora_A``
       gradient is non-zero. Checked until every module has passed.
 
-    Steps count from the start of this attempt (after ``--resume``, from the checkpoint).
+    Steps count from the start of this attempt (after ``--resume``, from the checkpoint). A
+    resumed attempt whose checkpoint records a passed check (``prior``, from
+    :func:`loraexp.checkpoints.read_verification`) carries that result forward and checks
+    nothing more (so one or zero remaining steps do not fail it).
     Raises :class:`VerificationError` at the first violation. ``result``: ``grad_flow``
     (True once every check passed; False on failure or if training ended first),
     ``lora_B_min_grad_norm_step1``, ``lora_A_min_grad_norm``, ``lora_A_verified_step``.
     """
 
-    def __init__(self, steps: int = 2):
+    def __init__(self, steps: int = 2, prior: dict | None = None):
         self.steps = steps
-        self.result: dict = {}
+        self.carried = bool(prior and prior.get("grad_flow"))
+        self.result: dict = dict(prior) if self.carried else {}
         self._a_pending: set[str] | None = None
         self._first_step = 0
 
@@ -49,7 +53,7 @@ class GradFlowCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         step = state.global_step + 1 - self._first_step  # the optimizer step about to be taken, of this attempt
-        if step > self.steps and not self._a_pending:
+        if self.carried or (step > self.steps and not self._a_pending):
             return
         pairs = _factor_pairs(kwargs["model"])
         if not pairs:
@@ -84,6 +88,8 @@ class GradFlowCallback(TrainerCallback):
             self._fail(f"non-finite LoRA gradients at step {step} in {nonfinite[:3]}")
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.carried:
+            return
         if self._a_pending:
             self.result["grad_flow"] = False
             self.result["reason"] = (f"lora_B never moved in {len(self._a_pending)} modules, so lora_A gradient flow "

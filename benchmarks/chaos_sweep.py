@@ -1,0 +1,136 @@
+"""Chaos test: a 6-run sweep on MiniLM + real SST-2, SIGKILLed at random points, resumed.
+
+    LORAEXP_DATA_DIR=../shared/data python benchmarks/chaos_sweep.py [--kills 3] [--seed 0]
+
+1. Runs the sweep uninterrupted into ``<out>/reference`` and times it (T).
+2. Runs the same sweep into ``<out>/chaos``; ``--kills`` times, after a random delay in
+   [0.15 T, 0.5 T] from (re)start, SIGKILLs the whole process group, then restarts the same
+   command with ``--resume``; the last start runs to the end.
+3. Prints where each kill landed (which run, last complete checkpoint), and whether the
+   final summaries match: every column except wall-clock ones (train_seconds, tokens_per_s,
+   peak_mem_bytes) and every adapter tensor bit for bit. Exit code 0 on a match.
+
+The two sweeps run one after the other ("beside" = sibling directories), not at the same
+time: two trainings on 2 cores would only slow each other down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = "chaos-grid"
+TIMING = {"train_seconds", "tokens_per_s", "peak_mem_bytes"}
+
+
+def command(out: Path, args) -> list[str]:
+    return [sys.executable, str(ROOT / "experiments" / "lora_finetune.py"), "--task", "sst2", "--model", "minilm",
+            "--output-dir", str(out), "--mode", "ablation", "--ablation-type", "grid", "--no-progress",
+            "--set", "sweep.grid={lora.r: [4, 8, 16], training.learning_rate: [0.001, 0.002]}",
+            "--set", f"sweep.name={SWEEP}", "--max-steps", str(args.max_steps), "--save-steps", str(args.save_steps),
+            "--max-train-samples", str(args.train_samples), "--max-eval-samples", str(args.eval_samples)]
+
+
+def summary(sweep_dir: Path) -> dict[str, dict]:
+    with (sweep_dir / "summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    return {r["run_name"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
+
+
+def where(sweep_dir: Path) -> str:
+    """The run that was training when killed and its checkpoints."""
+    for run in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        try:
+            status = json.loads((run / "metrics.json").read_text())["status"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if status == "running":
+            steps = sorted(int(c.name.split("-")[1]) for c in (run / "checkpoints").glob("checkpoint-*")) \
+                if (run / "checkpoints").is_dir() else []
+            return f"during {run.name} (checkpoints at steps {steps or 'none yet'})"
+    return "between runs"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="results/chaos", help="Output root (reference/ and chaos/ go under it).")
+    p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="Seed of the kill times.")
+    p.add_argument("--max-steps", type=int, default=30)
+    p.add_argument("--save-steps", type=int, default=10)
+    p.add_argument("--train-samples", type=int, default=2000)
+    p.add_argument("--eval-samples", type=int, default=400)
+    args = p.parse_args()
+    if not os.environ.get("LORAEXP_DATA_DIR"):
+        print("set LORAEXP_DATA_DIR to the shared/data directory", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"{out} is not empty; choose another --out", file=sys.stderr)
+        return 2
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+    rng = random.Random(args.seed)
+
+    started = time.time()
+    reference = subprocess.run(command(out / "reference", args), env=env, capture_output=True, text=True)
+    total = time.time() - started
+    if reference.returncode != 0:
+        print(reference.stderr[-3000:], file=sys.stderr)
+        return 1
+    print(f"uninterrupted sweep: 6 runs in {total:.0f} s")
+
+    chaos_dir = out / "chaos" / SWEEP
+    log = (out / "chaos.log").open("w")
+    starts = 0
+    for kill in range(args.kills + 1):
+        argv = command(out / "chaos", args) + (["--resume"] if starts else [])
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        starts += 1
+        if kill == args.kills:
+            code = proc.wait()
+            print(f"start {starts}: ran to the end (exit code {code})")
+            break
+        delay = rng.uniform(0.15, 0.5) * total
+        try:
+            code = proc.wait(timeout=delay)
+            print(f"start {starts}: finished before the kill at {delay:.0f} s (exit code {code})")
+            break
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            print(f"start {starts}: SIGKILL after {delay:.0f} s, {where(chaos_dir)}")
+
+    want, got = summary(out / "reference" / SWEEP), summary(chaos_dir)
+    problems = [f"{name}: {key} {want[name][key]!r} != {got.get(name, {}).get(key)!r}"
+                for name in want for key in want[name] if got.get(name, {}).get(key) != want[name][key]]
+    for name in want:
+        a = load_file(out / "reference" / SWEEP / name / "adapter" / "adapter_model.safetensors")
+        b_path = chaos_dir / name / "adapter" / "adapter_model.safetensors"
+        b = load_file(b_path) if b_path.is_file() else {}
+        if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+            problems.append(f"{name}: adapter weights differ")
+    resumed = [json.loads((chaos_dir / n / "metrics.json").read_text()).get("resumed_from") for n in want]
+    print(f"runs resumed from a checkpoint: {sum(r is not None for r in resumed)} "
+          f"({', '.join(Path(r).parent.parent.name + '@' + Path(r).name for r in resumed if r) or 'none'})")
+    if problems:
+        print("MISMATCH:\n  " + "\n  ".join(problems))
+        return 1
+    print(f"MATCH: the summary after {starts - 1} kills equals the uninterrupted sweep's for all {len(want)} runs "
+          "(every column but wall-clock ones; adapters bit-identical)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
