@@ -84,9 +84,10 @@ def main() -> None:
 
     gsm8k = load(root, GSM8K)
     if gsm8k:
-        print(f"gsm8k [{gsm8k['status']}]: exact match on {gsm8k['eval']['generation_samples']} test questions: "
-              f"base {gsm8k['base_eval']['exact_match']:.2f} (flexible {gsm8k['base_eval']['exact_match_flexible']:.2f}), "
-              f"adapter {gsm8k['eval']['exact_match']:.2f} (flexible {gsm8k['eval']['exact_match_flexible']:.2f})")
+        base, adapter = gsm8k["base_eval"], gsm8k["eval"]
+        print(f"gsm8k [{gsm8k['status']}]: exact match on {adapter['generation_samples']} test questions: "
+              f"base {base['exact_match']:.2f} (flexible {base['exact_match_flexible']:.2f}), "
+              f"adapter {adapter['exact_match']:.2f} (flexible {adapter['exact_match_flexible']:.2f})")
     else:
         print(f"gsm8k: missing ({root / GSM8K})")
 
