@@ -3,9 +3,10 @@
     LORAEXP_DATA_DIR=../shared/data python benchmarks/chaos_sweep.py [--kills 3] [--seed 0]
 
 1. Runs the sweep uninterrupted into ``<out>/reference`` and times it (T).
-2. Runs the same sweep into ``<out>/chaos``; ``--kills`` times, after a random delay in
-   [0.15 T, 0.5 T] from (re)start, SIGKILLs the whole process group, then restarts the same
-   command with ``--resume``; the last start runs to the end.
+2. Runs the same sweep into ``<out>/chaos``; ``--kills`` times, after a random delay from
+   (re)start (start-up time plus a uniform fraction of this start's share of the work left,
+   estimated from T and the runs not yet completed), SIGKILLs the whole process group, then
+   restarts the same command with ``--resume``; the last start runs to the end.
 3. Prints where each kill landed (which run, last complete checkpoint), and whether the
    final summaries match: every column except wall-clock ones (train_seconds, tokens_per_s,
    peak_mem_bytes) and every adapter tensor bit for bit. Exit code 0 on a match.
@@ -33,6 +34,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "chaos-grid"
 TIMING = {"train_seconds", "tokens_per_s", "peak_mem_bytes"}
+STARTUP_S = 8.0  # python + torch + transformers imports before the first run starts
 
 
 def command(out: Path, args) -> list[str]:
@@ -47,6 +49,17 @@ def summary(sweep_dir: Path) -> dict[str, dict]:
     with (sweep_dir / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     return {r["run_name"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
+
+
+def completed(sweep_dir: Path) -> int:
+    """Runs of the sweep whose metrics.json says completed."""
+    count = 0
+    for path in sweep_dir.glob("*/metrics.json"):
+        try:
+            count += json.loads(path.read_text())["status"] == "completed"
+        except (OSError, ValueError, KeyError):
+            pass
+    return count
 
 
 def where(sweep_dir: Path) -> str:
@@ -102,7 +115,9 @@ def main() -> int:
             code = proc.wait()
             print(f"start {starts}: ran to the end (exit code {code})")
             break
-        delay = rng.uniform(0.15, 0.5) * total
+        # a random point within this start's share of the work left (so every kill lands before the end)
+        remaining = total * (6 - completed(chaos_dir)) / 6
+        delay = STARTUP_S + rng.uniform(0.05, 1.0) * remaining / (args.kills - kill)
         try:
             code = proc.wait(timeout=delay)
             print(f"start {starts}: finished before the kill at {delay:.0f} s (exit code {code})")
