@@ -260,6 +260,23 @@ def _verify_merge(cfg: ExperimentConfig, peft_model, trainer, store: RunStore, k
                                  atol=v.quantized_merge_atol, latency_repeats=v.latency_repeats)
 
 
+def _training_settings(cfg: ExperimentConfig, kind: str) -> dict[str, Any]:
+    """``cfg.training`` plus what loraexp adds unless the config sets it: paged 8-bit AdamW for
+    a quantized base on CUDA; ``use_cpu`` for DDP on CPU (else transformers runs each process
+    alone); for a classifier, no token-count loss rescaling -- its loss is a per-example mean,
+    and the Trainer's rescaling (loss x processes under DDP, meant for losses summed over
+    tokens) would double it, eval loss included (transformers issue #35078)."""
+    training = dict(cfg.training)
+    optimizer = default_optimizer(cfg.quantization, torch.cuda.is_available())
+    if optimizer:
+        training.setdefault("optim", optimizer)
+    if needs_cpu_ddp():
+        training.setdefault("use_cpu", True)
+    if kind != CAUSAL_LM:
+        training.setdefault("average_tokens_across_devices", False)
+    return training
+
+
 def _restore_final_checkpoint(peft_model, checkpoint: str, prior: dict, frozen, stats) -> None:
     """Load the adapter (and trained head) of a checkpoint saved at the last optimizer step
     into ``peft_model`` (``peft.set_peft_model_state_dict``) instead of calling
@@ -343,17 +360,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         train_data = task.tokenize(train_split, tokenizer, cfg.max_seq_length)
         eval_data = _select(task.tokenize(eval_split, tokenizer, cfg.max_seq_length), cfg.max_eval_samples)
         peft_model, lora_config = attach_lora(model, cfg.lora, seed=cfg.seed, kind=kind)
-        training = dict(cfg.training)
-        optimizer = default_optimizer(cfg.quantization, torch.cuda.is_available())
-        if optimizer and "optim" not in training:
-            training["optim"] = optimizer
-        if needs_cpu_ddp():
-            training.setdefault("use_cpu", True)  # else transformers runs each process alone
-        if kind != CAUSAL_LM:
-            # A classification loss is a per-example mean: the Trainer's token-count rescaling
-            # (loss x num_processes under DDP, for losses summed over tokens) would double it,
-            # eval loss included (transformers issue #35078).
-            training.setdefault("average_tokens_across_devices", False)
+        training = _training_settings(cfg, kind)
         record["resolved"] = {
             "model_path": resolve_model(cfg.model), "model_type": model.config.model_type, "objective": kind,
             "target_modules": lora_config.target_modules,
