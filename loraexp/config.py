@@ -173,6 +173,10 @@ class SweepConfig:
                                            default_factory=lambda: [1e-5, 1e-2])
     tpe_ranks: list[int] = _help("TPE: candidate values of r (lora_alpha = 2r, as in the rank ablation).",
                                  default_factory=lambda: [4, 8, 16, 32])
+    stale_trial_s: float = _help(
+        "Optuna: a RUNNING trial older than this (seconds) whose run is not being trained (its run lock is free) "
+        "and never finished is taken over and resumed from its checkpoint (its worker was killed).",
+        default=600.0)
     metric: str | None = _help("Metric the Optuna study and an exported W&B sweep optimise, an eval key "
                                "(accuracy, f1, loss, perplexity, exact_match); None: accuracy for "
                                "classification, loss for causal LMs.", default=None)
@@ -569,6 +573,8 @@ def validate(cfg: ExperimentConfig) -> list[str]:
                         "when `sweep.backend` is optuna, got None")
     if s.sampler not in OPTUNA_SAMPLERS:
         problems.append(f"`sweep.sampler` must be one of {', '.join(OPTUNA_SAMPLERS)}, got {s.sampler!r}")
+    if isinstance(s.stale_trial_s, bool) or s.stale_trial_s < 0:
+        problems.append(f"`sweep.stale_trial_s` must be a number >= 0 (seconds), got {s.stale_trial_s!r}")
     if not _positive_int(s.n_trials):
         problems.append(f"`sweep.n_trials` must be a positive int, got {s.n_trials!r}")
     low_high = s.tpe_learning_rate

@@ -17,10 +17,17 @@ completed.
 
 The study maximises or minimises the eval metric of :func:`loraexp.objective.objective`; a
 failed run is a FAIL trial (objective NaN).
+
+A worker killed mid-trial (a preempted VM) leaves its trial RUNNING; the journal storage has
+no heartbeat. Once a worker has nothing new to ask for, it takes over every RUNNING trial
+older than ``sweep.stale_trial_s`` whose run never finished (``metrics.json`` absent or
+``running``) and whose run lock is free (no live process trains it; the OS released the dead
+worker's lock): it resumes that run from its last checkpoint and ``tell``s the trial's value.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 from pathlib import Path
@@ -30,8 +37,8 @@ from loraexp.config import ExperimentConfig
 from loraexp.errors import ConfigError
 from loraexp.grid import grid_parameters, overrides_from_params
 from loraexp.objective import objective
-from loraexp.results import STATUS_COMPLETED, STATUS_SKIPPED, write_sweep_summary
-from loraexp.runner import RunResult, SweepResult, preflight, run_trial
+from loraexp.results import STATUS_BUSY, STATUS_COMPLETED, STATUS_RUNNING, STATUS_SKIPPED, write_sweep_summary
+from loraexp.runner import RunResult, SweepResult, preflight, run_trial, trial_run_store
 from loraexp.sweep import expand, sweep_name
 
 logger = logging.getLogger(__name__)
@@ -72,7 +79,48 @@ def _trial_overrides(trial, cfg: ExperimentConfig, space: dict[str, list] | None
     s = cfg.sweep
     r = trial.suggest_categorical("lora.r", s.tpe_ranks)
     lr = trial.suggest_float("training.learning_rate", s.tpe_learning_rate[0], s.tpe_learning_rate[1], log=True)
-    return {"lora.r": r, "lora.lora_alpha": 2 * r, "training.learning_rate": lr}
+    return _tpe_overrides({"lora.r": r, "training.learning_rate": lr})
+
+
+def _tpe_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    return {**params, "lora.lora_alpha": 2 * params["lora.r"]}
+
+
+def _value(result: RunResult, metric: str) -> float:
+    value = (result.metrics.get("eval") or {}).get(metric)
+    if result.status not in (STATUS_COMPLETED, STATUS_SKIPPED) or value is None:
+        return math.nan  # a FAIL trial; the run's metrics.json says why
+    return float(value)
+
+
+def _take_over_stale_trials(study, cfg: ExperimentConfig, grid: bool, metric: str, resume: bool) -> list[RunResult]:
+    """Resume the runs of RUNNING trials left by killed workers and tell their values."""
+    from optuna.trial import TrialState
+
+    now = datetime.datetime.now()
+    taken = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start
+        if not trial.params or started is None or (now - started).total_seconds() < cfg.sweep.stale_trial_s:
+            continue
+        overrides = overrides_from_params(trial.params) if grid else _tpe_overrides(trial.params)
+        status = (trial_run_store(cfg, overrides).read_metrics() or {}).get("status")
+        if status not in (None, STATUS_RUNNING):
+            continue  # finished (its worker is telling it, or died just before): nothing to train
+        result = run_trial(cfg, overrides, resume=resume)
+        if result.status == STATUS_BUSY:
+            continue  # a live process trains it
+        logger.warning("took over trial %d (%s) from a worker that stopped", trial.number, result.run_name)
+        taken.append(result)
+        value = _value(result, metric)
+        try:
+            if math.isnan(value):
+                study.tell(trial.number, state=TrialState.FAIL)
+            else:
+                study.tell(trial.number, value)
+        except (RuntimeError, ValueError) as exc:  # finished by another process meanwhile
+            logger.warning("trial %d was finished elsewhere: %s", trial.number, exc)
+    return taken
 
 
 def run_optuna(cfg: ExperimentConfig, resume: bool = True) -> SweepResult:
@@ -103,13 +151,11 @@ def run_optuna(cfg: ExperimentConfig, resume: bool = True) -> SweepResult:
         mine.append(result)
         trial.set_user_attr("run_name", result.run_name)
         trial.set_user_attr("status", result.status)
-        value = (result.metrics.get("eval") or {}).get(metric)
-        if result.status not in (STATUS_COMPLETED, STATUS_SKIPPED) or value is None:
-            return math.nan  # a FAIL trial; the run's metrics.json says why
-        return float(value)
+        return _value(result, metric)
 
     while len(study.get_trials(deepcopy=False)) < size:
         study.optimize(trial_objective, n_trials=1)
+    mine += _take_over_stale_trials(study, cfg, grid, metric, resume)
     names = [name for name, _ in runs] if grid else sorted(
         p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
     markdown = write_sweep_summary(sweep_dir, names)

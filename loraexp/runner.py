@@ -503,6 +503,20 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True,
     return SweepResult(sweep_dir, results, markdown)
 
 
+def _trial_config(base: ExperimentConfig, overrides: dict[str, Any]) -> tuple[str, ExperimentConfig, Path]:
+    """``(run name, run config, sweep dir)`` of the run ``overrides`` pick from ``base``'s sweep."""
+    cfg = apply_overrides(base, {**overrides, "sweep.mode": "single", "sweep.ablation_type": None,
+                                 "sweep.name": sweep_name(base)})
+    name = next((n for n, c in expand(base) if c.run_id == cfg.run_id), run_name(cfg))
+    return name, cfg, Path(base.output_dir) / sweep_name(base)
+
+
+def trial_run_store(base: ExperimentConfig, overrides: dict[str, Any]) -> RunStore:
+    """The (read-only) store of the run ``overrides`` pick from ``base``'s sweep."""
+    name, _, sweep_dir = _trial_config(base, overrides)
+    return RunStore(sweep_dir / name, writable=False)
+
+
 def run_trial(base: ExperimentConfig, overrides: dict[str, Any], resume: bool = True) -> RunResult:
     """One run of the sweep ``base`` describes, chosen by an external scheduler (a W&B agent,
     an Optuna worker): ``base`` with ``overrides`` applied, named as :func:`run_sweep` would
@@ -512,15 +526,11 @@ def run_trial(base: ExperimentConfig, overrides: dict[str, Any], resume: bool = 
     Raises:
         ConfigError | DataError | ModelError: bad overrides or a run that cannot start.
     """
-    cfg = apply_overrides(base, {**overrides, "sweep.mode": "single", "sweep.ablation_type": None,
-                                 "sweep.name": sweep_name(base)})
-    expected = expand(base)
-    name = next((n for n, c in expected if c.run_id == cfg.run_id), run_name(cfg))
-    sweep_dir = Path(base.output_dir) / sweep_name(base)
+    name, cfg, sweep_dir = _trial_config(base, overrides)
     preflight([(name, cfg)], sweep_dir)
     result = run_unless_done(name, cfg, sweep_dir, resume=resume)
     if is_main_process():
-        names = [n for n, _ in expected]
+        names = [n for n, _ in expand(base)]
         present = sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
         write_sweep_summary(sweep_dir, names + [n for n in present if n not in names])
     return result

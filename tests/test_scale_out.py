@@ -152,3 +152,37 @@ def test_optuna_tpe_searches_learning_rate_and_rank(tiny_bert_dir, tiny_sst2_dir
         assert metrics["config"]["lora"]["lora_alpha"] == 2 * trial.params["lora.r"]
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.value == metrics["eval"]["accuracy"]
+
+
+def test_an_optuna_trial_left_by_a_killed_worker_is_taken_over_and_resumed(tiny_bert_dir, tiny_sst2_dir, tmp_path):
+    optuna = pytest.importorskip("optuna")
+    import signal
+    import time
+
+    from loraexp.checkpoints import is_complete
+    from loraexp.optuna_backend import make_storage
+
+    journal = tmp_path / "study.journal"
+    argv = [sys.executable, str(ROOT / "experiments" / "lora_finetune.py"), "--task", "sst2", "--model",
+            tiny_bert_dir, "--data-dir", tiny_sst2_dir, "--output-dir", str(tmp_path / "out"), "--mode", "ablation",
+            "--ablation-type", "grid", "--set", "sweep.grid={lora.r: [2, 4]}", "--backend", "optuna",
+            "--storage", str(journal), "--no-progress", *TINY_RUN[:4], "--max-steps", "24", "--save-steps", "4",
+            "--set", "sweep.stale_trial_s=0"]
+    sweep_dir = tmp_path / "out" / "sst2-ablation-grid"
+    first = subprocess.Popen(argv, stdout=(tmp_path / "first.log").open("w"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    deadline = time.time() + 300
+    while not any(is_complete(p) for p in sweep_dir.glob("*/checkpoints/checkpoint-8")):
+        assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-2000:]
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # a preempted VM: its trial stays RUNNING in the journal
+    first.wait()
+
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert "took over trial 0" in second.stderr
+    study = optuna.load_study(study_name="sst2-ablation-grid", storage=make_storage(str(journal)))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    metrics = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+    assert [m["status"] for m in metrics] == ["completed", "completed"]
+    assert sum("checkpoint-" in (m.get("resumed_from") or "") for m in metrics) == 1  # the killed run resumed
