@@ -37,10 +37,12 @@ def base_config_path(sweep_path: str | Path) -> Path:
 
 
 def sweep_spec(cfg: ExperimentConfig, base_path: str | Path) -> dict[str, Any]:
-    """The W&B sweep configuration (a dict) for ``cfg``'s runs."""
+    """The W&B sweep configuration (a dict) for ``cfg``'s runs, in ``tracking.project`` (and
+    ``tracking.entity``, when set)."""
     metric, goal = objective(cfg)
+    where = {"project": cfg.tracking.project, **({"entity": cfg.tracking.entity} if cfg.tracking.entity else {})}
     return {
-        "name": sweep_name(cfg),
+        "name": sweep_name(cfg), **where,
         "program": TRIAL_PROGRAM,
         "method": "grid",
         "metric": {"name": f"eval/{metric}", "goal": goal},
