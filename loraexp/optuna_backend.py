@@ -37,8 +37,9 @@ from loraexp.config import ExperimentConfig
 from loraexp.errors import ConfigError
 from loraexp.grid import grid_parameters, overrides_from_params
 from loraexp.objective import objective
+from loraexp.preflight import preflight
 from loraexp.results import STATUS_BUSY, STATUS_COMPLETED, STATUS_RUNNING, STATUS_SKIPPED, write_sweep_summary
-from loraexp.runner import RunResult, SweepResult, preflight, run_trial, trial_run_store
+from loraexp.runner import RunResult, SweepResult, run_trial, trial_run_store
 from loraexp.sweep import expand, sweep_name
 
 logger = logging.getLogger(__name__)

@@ -33,14 +33,14 @@ from loraexp.callbacks import (
     NonFiniteCallback,
 )
 from loraexp.checkpoints import checkpoint_step, is_final, last_complete_checkpoint, read_verification
-from loraexp.config import ExperimentConfig, apply_overrides, build_config
+from loraexp.config import ExperimentConfig, apply_overrides
 from loraexp.distributed import broadcast_from_main, is_main_process, needs_cpu_ddp, world_size
-from loraexp.errors import ConfigError, NonFiniteError, VerificationError
+from loraexp.errors import NonFiniteError, VerificationError
 from loraexp.models import CAUSAL_LM, attach_lora, load_model, load_model_config, model_kind, resolve_model
+from loraexp.preflight import preflight
 from loraexp.quantization import (
     DTYPE_BY_NAME,
     bnb_config,
-    check_backend,
     default_optimizer,
     prepare_for_training,
     weight_bytes,
@@ -56,9 +56,8 @@ from loraexp.results import (
     write_sweep_summary,
 )
 from loraexp.sweep import expand, run_name, sweep_name
-from loraexp.target_modules import matched_module_names, resolve_target_modules
 from loraexp.tasks import get_task, task_kind
-from loraexp.tracking import effective_mode, make_tracker
+from loraexp.tracking import make_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -98,98 +97,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# Pre-flight: everything that can be checked without training, for every run at once
-# ---------------------------------------------------------------------------------------
-
-
-def _check_targets(model_config, kind: str, num_labels: int, target_modules) -> None:
-    """Match target modules on a weightless (meta-device) copy of the model."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    with torch.device("meta"):
-        if kind == CAUSAL_LM:
-            skeleton = AutoModelForCausalLM.from_config(model_config)
-        else:
-            model_config.num_labels = num_labels
-            skeleton = AutoModelForSequenceClassification.from_config(model_config)
-    matched_module_names(skeleton, resolve_target_modules(target_modules, model_config.model_type))
-
-
-def _check_quantization(cfg: ExperimentConfig) -> None:
-    """A quantized base needs bitsandbytes with a backend for this device
-    (:func:`~loraexp.quantization.check_backend`; its CPU backend runs nf4, fp4 and int8)."""
-    check_backend(cfg.quantization, "cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _check_wandb_login(cfg: ExperimentConfig) -> None:
-    """W&B online needs a key: ``$WANDB_API_KEY``, or the ``~/.netrc`` entry that ``wandb
-    login`` writes for the W&B host (``$WANDB_BASE_URL``, default api.wandb.ai)."""
-    if effective_mode(cfg.tracking.wandb) != "online" or os.environ.get("WANDB_API_KEY"):
-        return
-    import netrc
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        found = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        found = None
-    if not found:
-        raise ConfigError(f"`tracking.wandb` is 'online' but no W&B API key was found (WANDB_API_KEY unset, no "
-                          f"~/.netrc entry for {host}); run `wandb login`, or use --wandb offline (sync later with "
-                          "`wandb sync`) or --wandb disabled")
-
-
-def _check_output_dir(sweep_dir: Path, runs: list[tuple[str, ExperimentConfig]]) -> None:
-    root = sweep_dir
-    while not root.exists():
-        root = root.parent
-    if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
-        raise ConfigError(f"`output_dir` {str(sweep_dir.parent)!r} is not writable (checked {str(root)!r})")
-    for name, cfg in runs:
-        saved = RunStore(sweep_dir / name).read_config()
-        if saved is None:
-            continue
-        try:
-            saved_id = build_config(saved).run_id
-        except ConfigError:
-            saved_id = "unreadable"
-        if saved_id != cfg.run_id:
-            raise ConfigError(
-                f"run directory {str(sweep_dir / name)!r} holds a different config (run_id {saved_id} != "
-                f"{cfg.run_id}); set another `output_dir` or `sweep.name`, or delete that directory")
-
-
-def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None:
-    """Fail before any training, writing nothing, if any run cannot start: unknown task,
-    missing or malformed data file, unloadable model, target modules matching nothing,
-    quantization the device's bitsandbytes backend cannot do, W&B online without a key,
-    output directory not writable or holding a different config under the same run name.
-
-    Raises:
-        ConfigError | DataError | ModelError: the first problem found.
-    """
-    checked: set = set()
-    model_configs: dict[str, Any] = {}  # config.json read once per model
-    for _, cfg in runs:
-        if cfg.model not in model_configs:
-            model_configs[cfg.model] = load_model_config(cfg.model, cfg.trust_remote_code)
-        kind = task_kind(cfg.task, model_kind(model_configs[cfg.model]))
-        task = get_task(cfg.task, kind)
-        key = (cfg.task, kind, cfg.resolved_data_dir())
-        if key not in checked:
-            task.check_data(cfg.resolved_data_dir())
-            checked.add(key)
-        key = (cfg.model, kind, repr(cfg.lora.get("target_modules")))
-        if key not in checked:
-            _check_targets(model_configs[cfg.model], kind, task.num_labels, cfg.lora.get("target_modules", "standard"))
-            checked.add(key)
-        _check_quantization(cfg)
-        _check_wandb_login(cfg)
-    _check_output_dir(sweep_dir, runs)
 
 
 # ---------------------------------------------------------------------------------------
