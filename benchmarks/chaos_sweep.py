@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from loraexp.results import RunStore
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "chaos-grid"
 TIMING = {"train_seconds", "tokens_per_s", "peak_mem_bytes"}
@@ -53,23 +55,13 @@ def summary(sweep_dir: Path) -> dict[str, dict]:
 
 def completed(sweep_dir: Path) -> int:
     """Runs of the sweep whose metrics.json says completed."""
-    count = 0
-    for path in sweep_dir.glob("*/metrics.json"):
-        try:
-            count += json.loads(path.read_text())["status"] == "completed"
-        except (OSError, ValueError, KeyError):
-            pass
-    return count
+    return sum(RunStore(p).is_completed() for p in sweep_dir.glob("*") if p.is_dir())
 
 
 def where(sweep_dir: Path) -> str:
     """The run that was training when killed and its checkpoints."""
     for run in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        try:
-            status = json.loads((run / "metrics.json").read_text())["status"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if status == "running":
+        if (RunStore(run).read_metrics() or {}).get("status") == "running":
             steps = sorted(int(c.name.split("-")[1]) for c in (run / "checkpoints").glob("checkpoint-*")) \
                 if (run / "checkpoints").is_dir() else []
             return f"during {run.name} (checkpoints at steps {steps or 'none yet'})"
