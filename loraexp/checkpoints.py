@@ -13,6 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
+from loraexp.results import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -82,8 +84,6 @@ def is_final(path: str | Path) -> bool:
 def write_verification(path: str | Path, record: dict) -> None:
     """Store the verification state (frozen base, gradient flow) of the attempt that saved
     checkpoint ``path``, so a resumed attempt can carry it forward."""
-    from loraexp.results import atomic_write_text
-
     atomic_write_text(Path(path) / VERIFICATION_FILE, json.dumps(record, indent=1) + "\n")
 
 

@@ -101,6 +101,9 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
         if key not in checked:
             _check_targets(model_configs[cfg.model], kind, task.num_labels, cfg.lora.get("target_modules", "standard"))
             checked.add(key)
-        _check_quantization(cfg)
-        _check_wandb_login(cfg)
+        key = (repr(cfg.quantization), cfg.tracking.wandb)
+        if key not in checked:
+            _check_quantization(cfg)
+            _check_wandb_login(cfg)
+            checked.add(key)
     _check_output_dir(sweep_dir, runs)

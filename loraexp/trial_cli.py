@@ -16,33 +16,25 @@ import argparse
 import logging
 import sys
 
-import yaml
-
 from loraexp.errors import ConfigError, LoraexpError
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """``["--lora.r=8", ...]`` -> ``{"lora.r": 8, ...}`` (YAML values; ``None`` is null).
+    """``["--lora.r=8", ...]`` -> ``{"lora.r": 8, ...}``: each item without its ``--`` is a
+    ``--set`` item (:func:`loraexp.config.parse_set_overrides`, YAML values); the agent's
+    ``None`` means null, and ``--point`` carries several keys (:mod:`loraexp.grid`).
 
     Raises:
         ConfigError: an item is not ``--key=value``.
     """
+    from loraexp.config import parse_set_overrides
     from loraexp.grid import overrides_from_params
 
-    params, problems = {}, []
-    for item in items:
-        key, sep, raw = item.removeprefix("--").partition("=")
-        if not item.startswith("--") or not sep or not key:
-            problems.append(f"trial arguments must look like --<dotted.key>=<value>, got {item!r}")
-            continue
-        try:
-            value = yaml.safe_load(raw) if raw not in ("", "None") else None
-        except yaml.YAMLError:
-            value = raw
-        params[key] = raw if key == "point" else value
-    if problems:
-        raise ConfigError(problems)
-    return overrides_from_params(params)
+    bad = [item for item in items if not item.startswith("--")]
+    if bad:
+        raise ConfigError([f"trial arguments must look like --<dotted.key>=<value>, got {item!r}" for item in bad])
+    params = parse_set_overrides([item[2:] for item in items])
+    return overrides_from_params({k: None if v == "None" else v for k, v in params.items()})
 
 
 def main(argv: list[str] | None = None) -> int:

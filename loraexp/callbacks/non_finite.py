@@ -27,6 +27,7 @@ class NonFiniteCallback(TrainerCallback):
         self.result: dict = {}
         self._bad_loss: float | None = None
         self._hook = None
+        self._trainable: list = []
 
     def _check_loss(self, module, args, output) -> None:
         loss = getattr(output, "loss", None)
@@ -35,6 +36,7 @@ class NonFiniteCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._hook = model.register_forward_hook(self._check_loss)
+        self._trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._hook is not None:
@@ -46,10 +48,12 @@ class NonFiniteCallback(TrainerCallback):
         if self._bad_loss is not None:
             reason = f"training loss is {self._bad_loss}"
         else:
-            for name, p in model.named_parameters():
-                if p.requires_grad and p.grad is not None and not torch.isfinite(p.grad).all():
-                    reason = f"gradient of {name} is not finite"
-                    break
+            grads = {n: p.grad for n, p in self._trainable if p.grad is not None}
+            # one device sync per step: max |g| is inf/nan iff some element is (torch.max propagates NaN)
+            peaks = [g.detach().abs().max().float() for g in grads.values()]
+            if peaks and not torch.isfinite(torch.stack(peaks)).all():
+                name = next(n for n, g in grads.items() if not torch.isfinite(g).all())
+                reason = f"gradient of {name} is not finite"
         if reason is not None:
             if self._hook is not None:
                 self._hook.remove()
