@@ -48,8 +48,8 @@ def main() -> None:
     if qlora:
         print(f"shakespeare QLoRA nf4+dq [{qlora['status']}]: held-out loss {qlora['eval']['loss']:.4f}, perplexity "
               f"{qlora['eval']['perplexity']:.2f} (4-bit base {qlora['base_eval']['perplexity']:.2f}); merge max |dp| "
-              f"{qlora['verification'].get('merge_max_abs_diff', float('nan')):.2e}, quantization gap max |dp| "
-              f"{qlora['verification'].get('quantization_gap_max_abs_diff', float('nan')):.3f}")
+              f"{qlora['verification']['merge'].get('max_abs_diff') or float('nan'):.2e}, quantization gap max |dp| "
+              f"{qlora['verification']['merge'].get('quantization_gap_max_abs_diff') or float('nan'):.3f}")
         if lora:
             ratio = qlora["eval"]["loss"] / lora["eval"]["loss"]
             print(f"  QLoRA / LoRA held-out loss: {ratio:.4f} ({100 * (ratio - 1):+.2f}%; target within 5%)")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from loraexp.results import RunStore
+from loraexp.storage import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "chaos-grid"

@@ -23,7 +23,7 @@ import torch
 import transformers
 
 from loraexp.config import build_config
-from loraexp.runner import run_experiment
+from loraexp.recipe import run_experiment
 
 TRAIN_SECONDS: list[float] = []
 _real_train = transformers.Trainer.train

@@ -3,7 +3,7 @@
 
 import sys
 
-from loraexp.trial_cli import main
+from loraexp.scale_out.trial_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

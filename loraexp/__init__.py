@@ -1,11 +1,34 @@
-"""loraexp: LoRA / QLoRA fine-tuning experiments on Hugging Face PEFT."""
+"""loraexp: LoRA / QLoRA fine-tuning experiments on Hugging Face PEFT.
 
-from loraexp.config import ExperimentConfig, build_config, load_config
-from loraexp.errors import ConfigError, DataError, LoraexpError, ModelError, VerificationError
-from loraexp.runner import RunResult, SweepResult, run_experiment, run_sweep
-from loraexp.sweep import expand
+The public API is imported lazily (PEP 562 ``__getattr__``): ``import loraexp`` loads no
+torch, transformers or PEFT, so ``loraexp --help`` and config errors are instant; the heavy
+libraries load when a run starts.
+"""
 
-__all__ = [
-    "ConfigError", "DataError", "ExperimentConfig", "LoraexpError", "ModelError", "RunResult", "SweepResult",
-    "VerificationError", "build_config", "expand", "load_config", "run_experiment", "run_sweep",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConfigError": "loraexp.errors", "DataError": "loraexp.errors", "LoraexpError": "loraexp.errors",
+    "ModelError": "loraexp.errors", "VerificationError": "loraexp.errors",
+    "ExperimentConfig": "loraexp.schema", "build_config": "loraexp.config", "load_config": "loraexp.config",
+    "expand": "loraexp.sweep", "RunRecord": "loraexp.record",
+    "run_experiment": "loraexp.recipe", "RunResult": "loraexp.record", "SweepResult": "loraexp.runner",
+    "run_sweep": "loraexp.runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'loraexp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

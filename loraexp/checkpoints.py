@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from loraexp.results import atomic_write_text
+from loraexp.storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def is_final(path: str | Path) -> bool:
     """True when the checkpoint was saved at the run's last optimizer step (``global_step >=
     max_steps`` in its ``trainer_state.json``): nothing is left to train. Resuming such a
     checkpoint with ``Trainer.train`` would take one step past ``max_steps`` (transformers
-    5.23), so the runner restores its adapter instead."""
+    5.23), so the recipe restores its adapter instead."""
     state = json.loads((Path(path) / "trainer_state.json").read_text())
     return state.get("max_steps", 0) > 0 and state["global_step"] >= state["max_steps"]
 

@@ -1,5 +1,11 @@
 """Command line: parse -> load config -> run the sweep -> print the summary.
 
+The flags and their ``--help`` are generated from the config schema (:mod:`loraexp.schema`):
+every field whose metadata names a ``flag`` becomes one, with the field's help text, type,
+allowed values and default; every other field is reached with ``--set key=value``. Only
+:data:`TRAINING_FLAGS` (pass-through ``TrainingArguments`` fields) and the actions
+(``--resume``, ``--rerun``, ...) are declared here.
+
 Exit codes: 0 every run completed; 1 some run failed (recorded in its metrics.json);
 2 bad input (config, task, model, target modules, data files), found before any training.
 """
@@ -7,106 +13,123 @@ Exit codes: 0 every run completed; 1 some run failed (recorded in its metrics.js
 from __future__ import annotations
 
 import argparse
-import logging
+import dataclasses
 import sys
+import typing
+from collections.abc import Iterator
+from typing import Any
 
-from loraexp.config import (
-    ABLATION_TYPES,
-    OPTUNA_SAMPLERS,
-    QUANT_METHODS,
-    SWEEP_BACKENDS,
-    SWEEP_MODES,
-    WANDB_MODES,
-    load_config,
-    parse_set_overrides,
-)
-from loraexp.distributed import is_main_process
 from loraexp.errors import LoraexpError
+from loraexp.schema import ExperimentConfig
 
-# CLI flag -> dotted config key
-FLAG_KEYS = {
-    "task": "task", "mode": "sweep.mode", "ablation_type": "sweep.ablation_type", "model": "model",
-    "seed": "seed", "output_dir": "output_dir", "data_dir": "data_dir",
-    "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
-    "max_steps": "training.max_steps", "wandb": "tracking.wandb", "quantization": "quantization.method",
-    "double_quant": "quantization.double_quant", "export_merged": "export_merged",
-    "backend": "sweep.backend", "storage": "sweep.storage", "sampler": "sweep.sampler", "n_trials": "sweep.n_trials",
+# Pass-through TrainingArguments fields with a flag: flag -> (dotted key, type, help)
+TRAINING_FLAGS = {
+    "--max-steps": ("training.max_steps", int, "Optimizer steps (overrides training.num_train_epochs)."),
+    "--save-steps": ("training.save_steps", int, "Save a Trainer checkpoint every N optimizer steps (sets "
+                                                 "training.save_strategy: steps), for --resume."),
 }
 
 
+def schema_flags(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, str, dataclasses.Field, Any]]:
+    """``(flag, dotted key, field, type hint)`` of every schema field promoted to a flag."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from schema_flags(hints[f.name], f"{prefix}{f.name}.")
+        elif "flag" in f.metadata:
+            yield f.metadata["flag"], f"{prefix}{f.name}", f, hints[f.name]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _scalar_type(hint: Any) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _metavar(flag: str, f: dataclasses.Field) -> str | None:
+    """``{a,b}`` for a field with choices (argparse's own), else the flag's name in capitals."""
+    return None if "choices" in f.metadata else flag.lstrip("-").upper().replace("-", "_")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``loraexp`` argument parser; config flags default to None (= not given, so the YAML
+    value or the schema default stays)."""
     p = argparse.ArgumentParser(
         prog="loraexp", description="LoRA fine-tuning experiments (single runs, sweeps, ablations) on PEFT.",
-        epilog="Flags override the YAML config; --set overrides both. Exit code 2 means bad input.")
-    p.add_argument("--config", help="YAML config file (see configs/).")
-    p.add_argument("--task", help="Task: sst2 | mrpc | rte | shakespeare | lima | gsm8k.")
-    p.add_argument("--mode", choices=SWEEP_MODES, help="single run, lr x seed sweep, or ablation.")
-    p.add_argument("--ablation-type", choices=ABLATION_TYPES, help="Which ablation with --mode ablation.")
-    p.add_argument("--model", help="Model alias (minilm, smollm2-135m), Hub id or local directory.")
-    p.add_argument("--seed", type=int, help="Run seed.")
-    p.add_argument("--output-dir", help="Results root directory.")
-    p.add_argument("--data-dir", help="Local data directory (else $LORAEXP_DATA_DIR, else the Hub).")
-    p.add_argument("--max-train-samples", type=int, help="Training subset size (examples).")
-    p.add_argument("--max-eval-samples", type=int, help="Evaluation subset size (examples).")
-    p.add_argument("--max-steps", type=int, help="Optimizer steps (overrides epochs).")
-    p.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode.")
-    p.add_argument("--quantization", choices=QUANT_METHODS, help="Quantize the frozen base (QLoRA: nf4).")
-    p.add_argument("--double-quant", action="store_true", default=None,
-                   help="4-bit double quantization (quantization.double_quant).")
-    p.add_argument("--save-steps", type=int, help="Save a Trainer checkpoint every N optimizer steps (for --resume).")
-    p.add_argument("--export-merged", action="store_true", default=None,
-                   help="Save the merged model to <run>/merged after the merge check passes.")
-    p.add_argument("--resume", action="store_true",
-                   help="Continue unfinished runs from their last checkpoint (adapter, optimizer, scheduler, RNG).")
+        epilog="Precedence: schema defaults < --config YAML < flags < --set. Every config key is listed in "
+               "docs/configuration.md. Exit codes: 0 all runs completed, 1 some run failed, 2 bad input.")
+    p.add_argument("--config", metavar="YAML", help="YAML config file (see configs/).")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="Override any config key, e.g. --set lora.r=32 --set training.learning_rate=3e-4.")
-    p.add_argument("--rerun", action="store_true", help="Run again runs whose metrics.json says completed.")
-    p.add_argument("--backend", choices=SWEEP_BACKENDS,
-                   help="local: run here in order; optuna: work on a shared Optuna study (start on several "
-                        "processes/machines).")
-    p.add_argument("--storage", help="Optuna storage: journal file path or database URL (postgresql://...).")
-    p.add_argument("--sampler", choices=OPTUNA_SAMPLERS, help="Optuna: grid (the sweep's runs) or tpe search.")
-    p.add_argument("--n-trials", type=int, help="Optuna TPE: trials in the study (all workers together).")
-    p.add_argument("--export-wandb-sweep", metavar="SWEEP_YAML",
-                   help="Write a W&B grid sweep (and SWEEP_YAML's .base.yaml config beside it) instead of running; "
-                        "then `wandb sweep SWEEP_YAML` and `wandb agent <id>` on each VM.")
-    p.add_argument("--no-progress", action="store_true", help="Hide the sweep progress bar.")
+                   help="Override any config key; values are YAML, e.g. --set lora.r=32 "
+                        "--set training.learning_rate=3e-4 --set lora.target_modules=[query,value].")
+    config = p.add_argument_group("config (each flag sets the config key in brackets)")
+    for flag, key, f, hint in schema_flags():
+        text = f"{f.metadata['help']} [{key}; default: {_default(f)}]"
+        if _scalar_type(hint) is bool:
+            config.add_argument(flag, dest=key, action="store_true", default=None, help=text)
+        else:
+            config.add_argument(flag, dest=key, type=_scalar_type(hint), choices=f.metadata.get("choices"),
+                                default=None, metavar=_metavar(flag, f), help=text)
+    for flag, (key, kind, text) in TRAINING_FLAGS.items():
+        config.add_argument(flag, dest=key, type=kind, default=None, metavar="N", help=f"{text} [{key}]")
+    actions = p.add_argument_group("actions")
+    actions.add_argument("--resume", action="store_true",
+                         help="Continue unfinished runs from their last checkpoint (adapter, optimizer, scheduler, "
+                              "RNG state).")
+    actions.add_argument("--rerun", action="store_true", help="Run again runs whose metrics.json says completed.")
+    actions.add_argument("--export-wandb-sweep", metavar="SWEEP_YAML",
+                         help="Write a W&B grid sweep (and SWEEP_YAML's .base.yaml config beside it) instead of "
+                              "running; then `wandb sweep SWEEP_YAML` and `wandb agent <id>` on each VM.")
+    console = p.add_argument_group("console")
+    console.add_argument("--no-progress", action="store_true", help="Hide the sweep progress bar.")
+    console.add_argument("--verbose", action="store_true",
+                         help="Show the Trainer's log dicts and every third-party warning and log message.")
     return p
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted config keys given on the command line (flags left out are None)."""
+    keys = [key for _, key, _, _ in schema_flags()] + [key for key, _, _ in TRAINING_FLAGS.values()]
+    values = {key: getattr(args, key) for key in keys}
+    if values.get("training.save_steps") is not None:
+        values["training.save_strategy"] = "steps"
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python experiments/lora_finetune.py`` and the ``loraexp`` script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from loraexp.runner import run_sweep
+    from loraexp import console
+    from loraexp.config import load_config, parse_set_overrides
+    from loraexp.distributed import is_main_process
 
+    console.configure(verbose=args.verbose)
     try:
-        cli = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
-        if args.save_steps is not None:
-            cli.update({"training.save_strategy": "steps", "training.save_steps": args.save_steps})
-        cfg = load_config(args.config, overrides=parse_set_overrides(args.overrides), cli=cli)
+        cfg = load_config(args.config, overrides=parse_set_overrides(args.overrides), cli=flag_values(args))
         if args.export_wandb_sweep:
             return _export(cfg, args.export_wandb_sweep)
         if cfg.sweep.backend == "optuna":
-            from loraexp.optuna_backend import run_optuna
+            from loraexp.scale_out.optuna_backend import run_optuna
 
             result = run_optuna(cfg, resume=True)
         else:
+            from loraexp.runner import run_sweep
+
             result = run_sweep(cfg, rerun=args.rerun, progress=not args.no_progress, resume=args.resume)
     except LoraexpError as exc:
         print(f"loraexp: error: {exc}", file=sys.stderr)
         return 2
     code = 0 if result.all_completed else 1
-    if not is_main_process():  # under accelerate launch, rank 0 prints
-        return code
-    print(f"\nSweep {result.sweep_dir} ({len(result.runs)} runs):\n")
-    print(result.summary_markdown)
-    print(f"Summary written to {result.sweep_dir / 'summary.md'} and summary.csv")
+    if is_main_process():  # under accelerate launch, rank 0 prints
+        console.print_summary(result)
     return code
 
 
-def _export(cfg, path: str) -> int:
-    from loraexp.wandb_sweep import export_wandb_sweep
+def _export(cfg: ExperimentConfig, path: str) -> int:
+    from loraexp.scale_out.wandb_sweep import export_wandb_sweep
 
     sweep_yaml, base_yaml = export_wandb_sweep(cfg, path)
     print(f"W&B sweep written to {sweep_yaml} (trials start from {base_yaml}).\n"

@@ -1,4 +1,4 @@
-"""Process identity under ``accelerate launch`` / ``torchrun`` (DESIGN.md, "Scale-out").
+"""Process identity under ``accelerate launch`` / ``torchrun`` (docs/design.md, "Scale-out").
 
 One run on several processes is plain DDP driven by the Trainer; loraexp only needs to know
 which process writes results (rank 0) and to make every process take the same decision
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 from typing import Any
-
-import torch
 
 
 def world_size() -> int:
@@ -27,6 +25,8 @@ def is_main_process() -> bool:
 def needs_cpu_ddp() -> bool:
     """Several processes and no CUDA: ``TrainingArguments(use_cpu=True)`` is needed for the
     Trainer to set up DDP over gloo (without it, transformers runs each process alone)."""
+    import torch
+
     return world_size() > 1 and not torch.cuda.is_available()
 
 
@@ -35,6 +35,7 @@ def broadcast_from_main(value: Any) -> Any:
     not distributed. Initialises accelerate's process group (gloo on CPU) if needed."""
     if world_size() == 1:
         return value
+    import torch
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 

@@ -58,7 +58,7 @@ def load_run(run_dir: str | Path, quantized: bool = False):
     """
     from loraexp.adapters import check_adapter_dir, load_adapter
     from loraexp.config import build_config, read_yaml
-    from loraexp.models import CAUSAL_LM, load_model, load_model_config, model_kind
+    from loraexp.models import CAUSAL_LM, load_model, load_model_config, model_task_type
     from loraexp.quantization import DTYPE_BY_NAME, bnb_config
 
     run_dir = Path(run_dir)
@@ -70,7 +70,7 @@ def load_run(run_dir: str | Path, quantized: bool = False):
         raise ConfigError(f"`--run` {str(run_dir)!r} has no adapter/ directory: the run did not finish")
     check_adapter_dir(adapter, "--run adapter")
     cfg = build_config(read_yaml(run_dir / "config.yaml"))
-    if model_kind(load_model_config(cfg.model, cfg.trust_remote_code)) != CAUSAL_LM:
+    if model_task_type(load_model_config(cfg.model, cfg.trust_remote_code)) != CAUSAL_LM:
         raise ConfigError(f"`--run` {str(run_dir)!r} trained {cfg.model!r}, which is not a causal LM")
     quantization = bnb_config(cfg.quantization) if quantized else None
     base, tokenizer = load_model(cfg.model, CAUSAL_LM, trust_remote_code=cfg.trust_remote_code,

@@ -1,4 +1,8 @@
-"""Resolve a model alias / Hub id / local path, load it for a task, and attach LoRA."""
+"""Resolve a model alias / Hub id / local path, load it for a task's objective, and attach LoRA.
+
+The objective is a ``peft.TaskType`` value (``SEQ_CLS`` | ``CAUSAL_LM``): it picks the
+``transformers`` auto class (:data:`AUTO_MODEL_CLASSES`) and PEFT's ``task_type``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from loraexp.errors import ConfigError, ModelError
-from loraexp.target_modules import matched_module_names
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,24 @@ MODEL_ALIASES: dict[str, Callable[[], str]] = {
     "smollm2-135m": _smollm2_135m_path,
 }
 
-SEQUENCE_CLASSIFICATION = "sequence_classification"
-CAUSAL_LM = "causal_lm"
+SEQ_CLS = "SEQ_CLS"  # peft.TaskType values
+CAUSAL_LM = "CAUSAL_LM"
+AUTO_MODEL_CLASSES = {SEQ_CLS: "AutoModelForSequenceClassification", CAUSAL_LM: "AutoModelForCausalLM"}
 
 
-def model_kind(model_config) -> str:
-    """``causal_lm`` if the checkpoint's ``architectures`` name a causal-LM head
-    (``*ForCausalLM``, ``*LMHeadModel``), else ``sequence_classification`` (encoders such as
-    BERT, and checkpoints saved with a classification head)."""
+def model_task_type(model_config) -> str:
+    """``CAUSAL_LM`` if the checkpoint's ``architectures`` name a causal-LM head
+    (``*ForCausalLM``, ``*LMHeadModel``), else ``SEQ_CLS`` (encoders such as BERT, and
+    checkpoints saved with a classification head)."""
     names = getattr(model_config, "architectures", None) or []
-    return CAUSAL_LM if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names) else SEQUENCE_CLASSIFICATION
+    return CAUSAL_LM if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names) else SEQ_CLS
+
+
+def auto_model_class(task_type: str):
+    """The ``transformers`` auto class that loads a model for ``task_type``."""
+    import transformers
+
+    return getattr(transformers, AUTO_MODEL_CLASSES[task_type])
 
 
 def resolve_model(name: str) -> str:
@@ -92,13 +101,14 @@ def load_model_config(name: str, trust_remote_code: bool = False):
                          f"{str(exc).splitlines()[0][:200]})") from None
 
 
-def load_model(name: str, kind: str = SEQUENCE_CLASSIFICATION, num_labels: int = 2,
-               trust_remote_code: bool = False, dtype: torch.dtype | None = None, quantization_config=None):
-    """Load ``(model, tokenizer)``: a causal LM (``kind`` = ``causal_lm``) or a sequence
-    classifier with ``num_labels`` classes.
+def load_model(name: str, task_type: str = SEQ_CLS, num_labels: int = 2, trust_remote_code: bool = False,
+               dtype=None, quantization_config=None):
+    """Load ``(model, tokenizer)`` with the auto class of ``task_type``
+    (:data:`AUTO_MODEL_CLASSES`): a causal LM, or a sequence classifier with ``num_labels``
+    classes (0: no head to size).
 
     Args:
-        dtype: dtype of the weights (None = float32 as stored by transformers' default).
+        dtype: ``torch.dtype`` of the weights (None = float32 as stored by transformers' default).
         quantization_config: a ``transformers.BitsAndBytesConfig`` for a quantized base
             (see :mod:`loraexp.quantization`), or None.
 
@@ -108,10 +118,13 @@ def load_model(name: str, kind: str = SEQUENCE_CLASSIFICATION, num_labels: int =
     Raises:
         ModelError: see :func:`load_model_config`; also a quantization the backend cannot run.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    import torch
+    from transformers import AutoTokenizer
 
     source = resolve_model(name)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if num_labels and task_type == SEQ_CLS:
+        kwargs["num_labels"] = num_labels
     if dtype is not None:
         kwargs["dtype"] = dtype
     if quantization_config is not None:
@@ -119,10 +132,7 @@ def load_model(name: str, kind: str = SEQUENCE_CLASSIFICATION, num_labels: int =
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        if kind == CAUSAL_LM:
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **kwargs)
+        model = auto_model_class(task_type).from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise ModelError(f"`model` {name!r} could not be loaded ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:300]})") from None
@@ -132,16 +142,14 @@ def load_model(name: str, kind: str = SEQUENCE_CLASSIFICATION, num_labels: int =
     return model, tokenizer
 
 
-def head_module_names(model: torch.nn.Module) -> list[str]:
+def head_module_names(model) -> list[str]:
     """Top-level classification heads of ``model`` (``classifier`` for BERT, ``score`` for
     Llama/GPT-2), which are trained through ``modules_to_save``."""
     return [n for n, _ in model.named_children() if n in HEAD_NAMES]
 
 
-def attach_lora(model: torch.nn.Module, lora: dict[str, Any], seed: int | None = None,
-                kind: str = SEQUENCE_CLASSIFICATION):
-    """Wrap ``model`` with LoRA (``peft.get_peft_model``, task type ``SEQ_CLS`` or
-    ``CAUSAL_LM`` after ``kind``).
+def attach_lora(model, lora: dict[str, Any], seed: int | None = None, task_type: str = SEQ_CLS):
+    """Wrap ``model`` with LoRA (``peft.get_peft_model`` with ``task_type``).
 
     Args:
         model: a transformers model for sequence classification or causal LM.
@@ -150,19 +158,22 @@ def attach_lora(model: torch.nn.Module, lora: dict[str, Any], seed: int | None =
             lora_A init is reproducible whatever happened before.
 
     Returns:
-        ``(peft_model, lora_config)``. A classification head is in ``modules_to_save``
-        unless the mapping sets ``modules_to_save`` itself; a causal LM trains only LoRA.
+        ``(peft_model, lora_config)``. A classification head (:func:`head_module_names`) is
+        in ``modules_to_save`` unless the mapping sets ``modules_to_save`` itself; a causal
+        LM has none, so it trains only LoRA.
 
     Raises:
         ConfigError: target modules that match nothing (the message lists the model's
             Linear modules), or fields PEFT rejects.
     """
+    import torch
     from peft import get_peft_model
 
+    from loraexp.target_modules import matched_module_names
     from loraexp.variants import lora_config
 
-    extra: dict[str, Any] = {"task_type": "CAUSAL_LM" if kind == CAUSAL_LM else "SEQ_CLS"}
-    if "modules_to_save" not in lora and kind != CAUSAL_LM:
+    extra: dict[str, Any] = {"task_type": task_type}
+    if "modules_to_save" not in lora:
         extra["modules_to_save"] = head_module_names(model) or None
     try:
         config = lora_config(lora, model.config.model_type, **extra)

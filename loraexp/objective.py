@@ -1,17 +1,19 @@
-"""The metric a scheduler optimises (Optuna study direction, W&B sweep ``metric``)."""
+"""The metric a sweep is judged by: the Optuna study's direction, the W&B sweep's ``metric``,
+the console's main column and the best run it marks."""
 
 from __future__ import annotations
 
-from loraexp.config import ExperimentConfig
-from loraexp.tasks import CLASSIFICATION_TASKS
+from loraexp.schema import ExperimentConfig
+from loraexp.tasks import MAIN_METRICS
 
 MINIMIZED = ("loss", "perplexity")
 
 
 def objective(cfg: ExperimentConfig) -> tuple[str, str]:
     """``(eval metric key, "maximize" | "minimize")`` from ``sweep.metric``/``sweep.direction``;
-    defaults: accuracy (maximize) for a classification task, loss (minimize) otherwise. The
-    sst2 verbalizer on a causal LM also reports accuracy, so sst2 defaults to accuracy."""
-    metric = cfg.sweep.metric or ("accuracy" if cfg.task in CLASSIFICATION_TASKS else "loss")
+    defaults: the task's main metric (:data:`loraexp.tasks.MAIN_METRICS`: accuracy for the
+    classification tasks, sst2 with a verbalizer included; loss for the language-modelling
+    tasks) and minimize for loss/perplexity, else maximize."""
+    metric = cfg.sweep.metric or MAIN_METRICS[cfg.task]
     direction = cfg.sweep.direction or ("minimize" if metric in MINIMIZED else "maximize")
     return metric, direction

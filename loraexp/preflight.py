@@ -1,5 +1,11 @@
 """Pre-flight: everything that can be checked without training, for every run of a sweep at
-once, so that bad input fails with one clear error (exit code 2) before anything is written."""
+once, so that bad input fails with one clear error (exit code 2) before anything is written.
+
+Two phases: first what needs no heavy import (a model path that is not a directory, missing
+data files, an output directory that cannot be written or holds another config), so those
+errors come back at once; then what needs transformers, PEFT or bitsandbytes (the model's
+config, reading the data, matching the target modules, the quantization backend).
+"""
 
 from __future__ import annotations
 
@@ -7,34 +13,37 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from loraexp.config import ExperimentConfig, build_config
+from loraexp.config import build_config
 from loraexp.errors import ConfigError
-from loraexp.models import CAUSAL_LM, load_model_config, model_kind
-from loraexp.quantization import check_backend
-from loraexp.results import RunStore
-from loraexp.target_modules import matched_module_names, resolve_target_modules
-from loraexp.tasks import get_task, task_kind
+from loraexp.models import MODEL_ALIASES, load_model_config, model_task_type, resolve_model
+from loraexp.schema import ExperimentConfig
+from loraexp.storage import RunStore
+from loraexp.tasks import FORMS, get_task, task_type_for
+from loraexp.tasks.base import check_files_exist
 from loraexp.tracking import effective_mode
 
 
-def _check_targets(model_config, kind: str, num_labels: int, target_modules) -> None:
+def _check_targets(model_config, task_type: str, num_labels: int, target_modules) -> None:
     """Match target modules on a weightless (meta-device) copy of the model."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    import torch
 
+    from loraexp.models import auto_model_class
+    from loraexp.target_modules import matched_module_names, resolve_target_modules
+
+    if num_labels:
+        model_config.num_labels = num_labels
     with torch.device("meta"):
-        if kind == CAUSAL_LM:
-            skeleton = AutoModelForCausalLM.from_config(model_config)
-        else:
-            model_config.num_labels = num_labels
-            skeleton = AutoModelForSequenceClassification.from_config(model_config)
+        skeleton = auto_model_class(task_type).from_config(model_config)
     matched_module_names(skeleton, resolve_target_modules(target_modules, model_config.model_type))
 
 
 def _check_quantization(cfg: ExperimentConfig) -> None:
     """A quantized base needs bitsandbytes with a backend for this device
     (:func:`~loraexp.quantization.check_backend`; its CPU backend runs nf4, fp4 and int8)."""
+    import torch
+
+    from loraexp.quantization import check_backend
+
     check_backend(cfg.quantization, "cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -86,24 +95,29 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
     Raises:
         ConfigError | DataError | ModelError: the first problem found.
     """
+    for _, cfg in runs:  # cheap first: no heavy import
+        if cfg.model not in MODEL_ALIASES:
+            resolve_model(cfg.model)
+        for form in FORMS[cfg.task].values():  # the forms of a task read the same files
+            check_files_exist(form, cfg.resolved_data_dir())
+    _check_output_dir(sweep_dir, runs)
     checked: set = set()
     model_configs: dict[str, Any] = {}  # config.json read once per model
     for _, cfg in runs:
         if cfg.model not in model_configs:
             model_configs[cfg.model] = load_model_config(cfg.model, cfg.trust_remote_code)
-        kind = task_kind(cfg.task, model_kind(model_configs[cfg.model]))
-        task = get_task(cfg.task, kind)
-        key = (cfg.task, kind, cfg.resolved_data_dir())
+        task_type = task_type_for(cfg.task, model_task_type(model_configs[cfg.model]))
+        task = get_task(cfg.task, task_type)
+        key = (cfg.task, task_type, cfg.resolved_data_dir())
         if key not in checked:
             task.check_data(cfg.resolved_data_dir())
             checked.add(key)
-        key = (cfg.model, kind, repr(cfg.lora.get("target_modules")))
+        key = (cfg.model, task_type, repr(cfg.lora["target_modules"]))
         if key not in checked:
-            _check_targets(model_configs[cfg.model], kind, task.num_labels, cfg.lora.get("target_modules", "standard"))
+            _check_targets(model_configs[cfg.model], task_type, task.num_labels, cfg.lora["target_modules"])
             checked.add(key)
         key = (repr(cfg.quantization), cfg.tracking.wandb)
         if key not in checked:
             _check_quantization(cfg)
             _check_wandb_login(cfg)
             checked.add(key)
-    _check_output_dir(sweep_dir, runs)

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from loraexp.config import QuantizationConfig
 from loraexp.errors import ConfigError
+from loraexp.schema import QuantizationConfig
 
 DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from loraexp import variants
-from loraexp.config import ExperimentConfig, apply_overrides
+from loraexp.config import apply_overrides
+from loraexp.schema import ExperimentConfig
 
 
 def format_lr(lr: float) -> str:
@@ -46,9 +47,9 @@ def run_name(cfg: ExperimentConfig) -> str:
     """Readable run name, e.g. ``sst2-minilm-r8-a16-standard-lr1e-3-s42`` (``-nf4dq`` after
     the target modules for a quantized base)."""
     lora = cfg.lora
-    parts = [cfg.task, model_label(cfg.model), f"r{lora.get('r', 8)}", f"a{lora.get('lora_alpha', 8):g}",
-             targets_label(lora.get("target_modules", "standard")), quantization_label(cfg),
-             f"lr{format_lr(cfg.training.get('learning_rate', 5e-5))}", f"s{cfg.seed}"]
+    parts = [cfg.task, model_label(cfg.model), f"r{lora['r']}", f"a{lora['lora_alpha']:g}",
+             targets_label(lora["target_modules"]), quantization_label(cfg),
+             f"lr{format_lr(cfg.training['learning_rate'])}", f"s{cfg.seed}"]
     return "-".join(p for p in parts if p)
 
 

@@ -1,4 +1,4 @@
-"""Logical target-module presets, mapped per architecture family (DESIGN.md table).
+"""Logical target-module presets, mapped per architecture family (docs/design.md, "Target modules").
 
 Users say what they mean (``standard`` = query and value projections); this module maps
 the preset to the model's module names and lets PEFT do the matching
@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-
-import torch
-from peft import LoraConfig
-from peft.tuners.tuners_utils import check_target_module_exists
 
 from loraexp.errors import ConfigError
 
@@ -90,19 +86,25 @@ def resolve_target_modules(spec: str | list[str], model_type: str) -> list[str] 
     return sorted(value) if isinstance(value, list) else value
 
 
-def adaptable_module_names(model: torch.nn.Module) -> list[str]:
-    """Names of the modules LoRA can adapt (``nn.Linear`` and GPT-2's ``Conv1D``), in model order."""
+def adaptable_module_names(model) -> list[str]:
+    """Names of the modules of ``model`` (a ``torch.nn.Module``) LoRA can adapt (``nn.Linear``
+    and GPT-2's ``Conv1D``), in model order."""
+    import torch
+
     return [name for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"]
 
 
-def matched_module_names(model: torch.nn.Module, target_modules: list[str] | str) -> list[str]:
+def matched_module_names(model, target_modules: list[str] | str) -> list[str]:
     """Module names of ``model`` that PEFT would adapt for ``target_modules`` (``all-linear``
     returns every adaptable module; PEFT excludes the output head itself).
 
     Raises:
         ConfigError: nothing matches; the message lists the model's Linear module names.
     """
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
     candidates = adaptable_module_names(model)
     if target_modules == "all-linear":
         return candidates

@@ -8,23 +8,28 @@ Each ablation is defined once as an *axis* (a list of ``lora`` field overrides);
 
 from __future__ import annotations
 
-from typing import Any
-
-from peft import LoraConfig
+from typing import TYPE_CHECKING, Any
 
 from loraexp.errors import ConfigError
+from loraexp.schema import QUANT_ABLATION_POINTS, SweepConfig, lora_alpha_for_rank
 from loraexp.target_modules import PRESET_NAMES, resolve_target_modules
 
-DEFAULT_RANKS = (4, 8, 16)
-DEFAULT_ALPHAS = (8, 16, 32)
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+# The defaults of the sweep section (loraexp.schema.SweepConfig), not repeated here.
+DEFAULT_RANKS = tuple(SweepConfig().ranks)
+DEFAULT_ALPHAS = tuple(SweepConfig().alphas)
+DEFAULT_ALPHA_ABLATION_R = SweepConfig().alpha_ablation_r
 
 
 def rank_axis(ranks=DEFAULT_RANKS) -> list[dict[str, Any]]:
-    """Rank ablation: r in ``ranks`` with lora_alpha = 2r (so α/r stays 2)."""
-    return [{"r": r, "lora_alpha": 2 * r} for r in ranks]
+    """Rank ablation: r in ``ranks`` with lora_alpha = 2r (:func:`~loraexp.schema.lora_alpha_for_rank`,
+    so α/r stays 2)."""
+    return [{"r": r, "lora_alpha": lora_alpha_for_rank(r)} for r in ranks]
 
 
-def alpha_axis(alphas=DEFAULT_ALPHAS, r: int = 8) -> list[dict[str, Any]]:
+def alpha_axis(alphas=DEFAULT_ALPHAS, r: int = DEFAULT_ALPHA_ABLATION_R) -> list[dict[str, Any]]:
     """Alpha ablation: lora_alpha in ``alphas`` at fixed r (scaling α/r varies)."""
     return [{"r": r, "lora_alpha": a} for a in alphas]
 
@@ -41,8 +46,6 @@ def quantization_axis(points=("none", "nf4", "nf4-dq")) -> list[dict[str, Any]]:
     Raises:
         ConfigError: an unknown point name.
     """
-    from loraexp.config import QUANT_ABLATION_POINTS
-
     unknown = [p for p in points if p not in QUANT_ABLATION_POINTS]
     if unknown:
         raise ConfigError(f"`sweep.quantizations` values {unknown} are unknown; allowed: "
@@ -59,6 +62,8 @@ def lora_config(lora: dict[str, Any], model_type: str, **extra: Any) -> LoraConf
         ConfigError: unknown preset or architecture without presets.
         ValueError / TypeError: from PEFT's own validation of the fields.
     """
+    from peft import LoraConfig
+
     fields = {**lora, **extra}
     if "target_modules" in fields:
         fields["target_modules"] = resolve_target_modules(fields["target_modules"], model_type)
@@ -75,7 +80,7 @@ def rank_ablation(base: dict[str, Any], model_type: str, ranks=DEFAULT_RANKS, **
     return _ablate(base, rank_axis(ranks), model_type, extra)
 
 
-def alpha_ablation(base: dict[str, Any], model_type: str, alphas=DEFAULT_ALPHAS, r: int = 8,
+def alpha_ablation(base: dict[str, Any], model_type: str, alphas=DEFAULT_ALPHAS, r: int = DEFAULT_ALPHA_ABLATION_R,
                    **extra: Any) -> list[LoraConfig]:
     """LoraConfigs for lora_alpha in ``alphas`` at rank ``r``; other fields from ``base``."""
     return _ablate(base, alpha_axis(alphas, r), model_type, extra)

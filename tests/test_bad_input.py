@@ -1,9 +1,9 @@
-"""Bad input: one clear error, exit code 2, nothing lost (README, "Bad input").
+"""Bad input: one clear error, exit code 2, nothing lost (docs/reliability.md, "Bad input").
 
 Every case runs a CLI entry point in-process on top of an output directory that already
 holds an earlier sweep; the error must name the field, the bad value and what is allowed,
-and the directory must be byte-for-byte unchanged. The README table lists the same ids
-(checked by the last test).
+and the directory must be byte-for-byte unchanged. The table in docs/reliability.md lists the
+same ids (checked by the last test).
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def _write(path: Path, text: str) -> Path:
 
 def _bad_yaml(e, mp):
     return ["--config", str(_write(e["tmp"] / "bad.yaml", "task: sst2\nlora: {r: 8\n"))]
+
+
+def _latin1_config(e, mp):
+    path = e["tmp"] / "latin1.yaml"
+    path.write_bytes("sweep: {name: café}\n".encode("latin-1"))
+    return ["--config", str(path)]
 
 
 def _data_with(e, name, text):
@@ -95,6 +101,12 @@ def _run_dir_with_adapter(e, weights: bytes | None, config: str = '{"peft_type":
 # (id, entry point, argv builder (env, monkeypatch) -> extra argv, fragments of the one error message)
 CASES = [
     ("yaml-syntax-error", "main", _bad_yaml, ["is not valid YAML at line 3"]),
+    ("yaml-duplicate-key", "main",
+     lambda e, mp: ["--config", str(_write(e["tmp"] / "dup.yaml", "task: sst2\nlora:\n  r: 4\n  r: 8\n"))],
+     ["is not valid YAML at line 4, column 3: found duplicate key r"]),
+    ("config-not-utf8", "main", _latin1_config, ["`--config` file", "is not UTF-8 text"]),
+    ("set-value-not-yaml", "main", lambda e, mp: ["--set", "lora.target_modules=[query"],
+     ["`--set lora.target_modules` value '[query' is not valid YAML"]),
     ("config-file-missing", "main", lambda e, mp: ["--config", "nope.yaml"],
      ["`--config` file 'nope.yaml' does not exist"]),
     ("unknown-key", "main", lambda e, mp: ["--set", "lora.rank=4"],
@@ -205,9 +217,9 @@ def test_bad_input_gives_one_error_exit_2_and_loses_nothing(env, capsys, monkeyp
     assert _tree(env["out"]) == before  # nothing written, nothing overwritten
 
 
-def test_readme_lists_every_bad_input_case():
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("### Bad input")[1].split("\n## ")[0]
+def test_docs_list_every_bad_input_case():
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    table = page.split("## Bad input")[1].split("\n## ")[0]
     listed = re.findall(r"^\| `([a-z0-9-]+)` \|", table, flags=re.M)
     assert sorted(listed) == sorted(c[0] for c in CASES)
     assert len(CASES) >= 20

@@ -37,7 +37,7 @@ def test_frozen_base_passes_for_untouched_base():
     backward(model)
     cb.on_pre_optimizer_step(None, state(), None, model=model)
     cb.on_train_end(None, state(1), None, model=model)
-    assert cb.result["frozen_base"] and cb.result["base_tensors"] > 0
+    assert cb.result.passed and cb.result.base_tensors > 0
 
 
 @pytest.mark.parametrize("breakage,phase,fragment", [
@@ -60,7 +60,7 @@ def test_frozen_base_detects_breakage(breakage, phase, fragment):
             with torch.no_grad():
                 weight.view(-1)[0] = torch.nextafter(weight.view(-1)[0], torch.tensor(10.0))  # one ulp
         cb.on_train_end(None, state(1), None, model=model)
-    assert cb.result["frozen_base"] is False
+    assert cb.result.passed is False
 
 
 def test_grad_flow_passes_on_real_training_steps():
@@ -70,9 +70,9 @@ def test_grad_flow_passes_on_real_training_steps():
         backward(model)
         cb.on_pre_optimizer_step(None, state(step), None, model=model)
         optimizer.step()
-    assert cb.result["grad_flow"] is True
-    assert cb.result["lora_B_min_grad_norm_step1"] > 0 and cb.result["lora_A_min_grad_norm"] > 0
-    assert cb.result["lora_A_verified_step"] == 2
+    assert cb.result.passed is True
+    assert cb.result.lora_B_min_grad_norm_step1 > 0 and cb.result.lora_A_min_grad_norm > 0
+    assert cb.result.lora_A_verified_step == 2
 
 
 def test_grad_flow_waits_for_b_to_move_under_zero_lr_warmup():
@@ -82,9 +82,9 @@ def test_grad_flow_waits_for_b_to_move_under_zero_lr_warmup():
         backward(model)
         cb.on_pre_optimizer_step(None, state(step), None, model=model)
         optimizer.step()
-    assert cb.result["grad_flow"] is False
+    assert cb.result.passed is False
     cb.on_train_end(None, state(2), None, model=model)
-    assert "lora_B never moved" in cb.result["reason"]
+    assert "lora_B never moved" in cb.result.reason
 
 
 @pytest.mark.parametrize("corruption,fragment", [
@@ -104,7 +104,7 @@ def test_grad_flow_detects_bad_gradients(corruption, fragment):
         b.grad = None
     with pytest.raises(VerificationError, match=fragment):
         cb.on_pre_optimizer_step(None, state(0), None, model=model)
-    assert cb.result["grad_flow"] is False
+    assert cb.result.passed is False
 
 
 def test_adapter_stats_logs_design_keys_at_cadence_and_leaves_weights_alone():

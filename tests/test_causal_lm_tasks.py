@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from loraexp.errors import ConfigError
-from loraexp.tasks import CAUSAL_LM, SEQUENCE_CLASSIFICATION, get_task, task_kind
+from loraexp.schema import EvaluationConfig
+from loraexp.tasks import CAUSAL_LM, SEQ_CLS, get_task, task_type_for
 from loraexp.tasks.causal_lm import IGNORE_INDEX
 from loraexp.tasks.gsm8k import GSM8K, final_answer, last_number
 from loraexp.tasks.lima import LIMA
@@ -71,7 +72,7 @@ def test_lima_split_holds_out_every_twentieth_row(data_dir):
     assert max(len(m) for m in train["messages"]) > 2  # multi-turn rows are kept
 
 
-def test_sft_tokenize_drops_rows_whose_response_was_truncated_away(smollm2_dir, data_dir):
+def test_sft_trains_on_worked_solutions_without_calculator_annotations(smollm2_dir, data_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
@@ -81,6 +82,25 @@ def test_sft_tokenize_drops_rows_whose_response_was_truncated_away(smollm2_dir, 
     for row in encoded:
         trained = tok.decode([t for t in row["labels"] if t != IGNORE_INDEX])
         assert "####" in trained and "<<" not in trained  # calculator annotations stripped
+
+
+def test_sft_tokenize_drops_rows_whose_response_was_truncated_away(smollm2_dir):
+    import datasets
+    from transformers import AutoTokenizer
+
+    from loraexp.errors import DataError
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    long_question = "How many apples are there? " * 40  # ~240 tokens: the answer starts past max_length
+    rows = datasets.Dataset.from_list([{"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
+                                       {"question": long_question, "answer": "#### 7"},
+                                       {"question": "What is 3 + 3?", "answer": "#### 6"}])
+    encoded = GSM8K.tokenize(rows, tok, max_length=64)
+    assert len(encoded) == 2  # the long-question row lost every response token and is dropped
+    assert [tok.decode([t for t in r["labels"] if t != IGNORE_INDEX]).split("####")[1].strip()[:1]
+            for r in encoded] == ["4", "6"]
+    with pytest.raises(DataError, match="no example keeps a response token"):
+        GSM8K.tokenize(rows.select([1]), tok, max_length=64)
 
 
 def test_verbalizer_labels_only_the_label_word(smollm2_dir, tiny_sst2_dir):
@@ -160,24 +180,25 @@ def test_gsm8k_generation_eval_scores_exact_match(monkeypatch, tiny_lm_data_dir,
     answers = ["0 + 0 = 0\n#### 0", "#### 3", "it is 4", "#### 6", "####", "#### 10"]  # refs 0, 2, 4, 6, 8, 10
     monkeypatch.setattr(loraexp.generation, "generate_texts", lambda model, tok, prompts, **kw: answers[:len(prompts)])
     rows = GSM8K.load_split("validation", tiny_lm_data_dir)
-    metrics, records = GSM8K.generation_eval(None, AutoTokenizer.from_pretrained(smollm2_dir), rows, samples=6,
-                                             max_new_tokens=8, batch_size=2)
+    settings = EvaluationConfig(generation_samples=6, max_new_tokens=8, generation_batch_size=2)
+    metrics, records = GSM8K.evaluate_generation(None, AutoTokenizer.from_pretrained(smollm2_dir), rows, settings)
     assert metrics == {"exact_match": 3 / 6, "exact_match_flexible": 4 / 6, "generation_samples": 6}
     assert [r["exact_match"] for r in records] == [True, False, False, True, False, True]
 
 
 @pytest.mark.parametrize("task, model, expected", [
     ("sst2", CAUSAL_LM, CAUSAL_LM),
-    ("sst2", SEQUENCE_CLASSIFICATION, SEQUENCE_CLASSIFICATION),
-    ("mrpc", CAUSAL_LM, SEQUENCE_CLASSIFICATION),  # classification head on a causal LM
+    ("sst2", SEQ_CLS, SEQ_CLS),
+    ("mrpc", CAUSAL_LM, SEQ_CLS),  # classification head on a causal LM
     ("shakespeare", CAUSAL_LM, CAUSAL_LM),
     ("gsm8k", CAUSAL_LM, CAUSAL_LM),
 ])
 def test_task_form_follows_the_model(task, model, expected):
-    assert task_kind(task, model) == expected
+    assert task_type_for(task, model) == expected
+    assert get_task(task, expected).task_type == expected
 
 
 @pytest.mark.parametrize("task", ["shakespeare", "lima", "gsm8k"])
 def test_causal_lm_task_on_an_encoder_is_a_clear_error(task):
     with pytest.raises(ConfigError, match="not a causal LM"):
-        task_kind(task, SEQUENCE_CLASSIFICATION)
+        task_type_for(task, SEQ_CLS)

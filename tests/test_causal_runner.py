@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from loraexp import generate_cli
 from loraexp.config import build_config
-from loraexp.results import STATUS_COMPLETED, STATUS_FAILED
-from loraexp.runner import run_experiment, run_sweep
+from loraexp.record import STATUS_COMPLETED, STATUS_FAILED
+from loraexp.recipe import run_experiment
+from loraexp.runner import run_sweep
 
 
 def _config(model_dir, data_dir, tmp_path, task="shakespeare", **extra):
@@ -42,10 +43,11 @@ def test_causal_lm_task_runs_end_to_end(tiny_causal_lm_dir, tiny_lm_data_dir, ti
     result = run_sweep(cfg, progress=False).runs[0]
     m = result.metrics
     assert result.status == STATUS_COMPLETED, m.get("error")
-    assert m["resolved"]["objective"] == "causal_lm"
+    assert m["resolved"]["objective"] == "CAUSAL_LM"
     assert metric in m["eval"] and metric in m["base_eval"]  # base model scored beside the adapter
-    assert m["verification"]["frozen_base"] and m["verification"]["grad_flow"]
-    assert m["verification"]["merge_space"] == "probs" and m["verification"]["merge_equivalence"]
+    ver = m["verification"]
+    assert ver["frozen_base"]["passed"] and ver["grad_flow"]["passed"]
+    assert ver["merge"]["space"] == "probs" and ver["merge"]["passed"]
     eff = m["training_efficiency"]
     assert eff["base_weight_bytes"] > eff["trainable_bytes"] > 0 and eff["peak_mem_bytes"] > 0
     if task == "gsm8k":
@@ -63,11 +65,11 @@ def test_qlora_run_and_quantization_ablation(tiny_causal_lm_dir, tiny_lm_data_di
     assert [n.split("-r4-a8-attention")[1].split("-lr")[0] for n in names] == ["", "-nf4", "-nf4dq"]
     assert all(r.status == STATUS_COMPLETED for r in result.runs), [r.metrics.get("error") for r in result.runs]
     full, nf4, nf4dq = (r.metrics for r in result.runs)
-    assert "quantization_gap_max_abs_diff" not in full["verification"]
+    assert full["verification"]["merge"]["quantization_gap_max_abs_diff"] is None
     for q in (nf4, nf4dq):
-        assert q["verification"]["merged_into"] == "full-precision reload of the base"
-        assert q["verification"]["merge_max_abs_diff"] <= 1e-2
-        assert q["verification"]["quantization_gap_max_abs_diff"] > 0
+        assert q["verification"]["merge"]["merged_into"] == "full-precision reload of the base"
+        assert q["verification"]["merge"]["max_abs_diff"] <= 1e-2
+        assert q["verification"]["merge"]["quantization_gap_max_abs_diff"] > 0
         assert q["training_efficiency"]["base_weight_bytes"] < full["training_efficiency"]["base_weight_bytes"]
     # (double quantization's saving shows on real layer sizes: on this 32-wide model its per-layer
     # 256-entry code books outweigh the absmax it saves; the README's ablation measures SmolLM2)
@@ -89,24 +91,21 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_continues_the_loss_curve(tiny_causal_lm_dir, tiny_lm_data_dir, tmp_path, monkeypatch):
-    import loraexp.runner
-    from loraexp.callbacks import HistoryCallback
+def test_resume_continues_the_loss_curve(tiny_causal_lm_dir, tiny_lm_data_dir, tmp_path):
+    from transformers import TrainerCallback
 
     training = {"max_steps": 6, "save_strategy": "steps", "save_steps": 3}
     cfg = _config(tiny_causal_lm_dir, tiny_lm_data_dir, tmp_path, training=training)
     reference = run_experiment(cfg, tmp_path / "uninterrupted", "run")
     assert reference.status == STATUS_COMPLETED
 
-    class StopAtStep4(HistoryCallback):  # a crash after the checkpoint of step 3
+    class StopAtStep4(TrainerCallback):  # a crash after the checkpoint of step 3
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 4:
                 raise _Interrupt("simulated crash")
 
-    monkeypatch.setattr(loraexp.runner, "HistoryCallback", StopAtStep4)
-    crashed = run_experiment(cfg, tmp_path / "interrupted", "run")
+    crashed = run_experiment(cfg, tmp_path / "interrupted", "run", extra_callbacks=[StopAtStep4()])
     assert crashed.status == STATUS_FAILED and (tmp_path / "interrupted/checkpoints/checkpoint-3").is_dir()
-    monkeypatch.setattr(loraexp.runner, "HistoryCallback", HistoryCallback)
     resumed = run_experiment(cfg, tmp_path / "interrupted", "run", resume=True)
     assert resumed.status == STATUS_COMPLETED, resumed.metrics.get("error")
     assert resumed.metrics["resumed_from"].endswith("checkpoint-3")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -70,10 +71,60 @@ def test_precedence_defaults_yaml_flags_set(tmp_path):
 
 
 def test_set_parses_yaml_values():
-    assert parse_set_overrides(["lora.target_modules=[query,key]", "training.learning_rate=1e-3", "x="]) == {
-        "lora.target_modules": ["query", "key"], "training.learning_rate": "1e-3", "x": None}
+    assert parse_set_overrides(["lora.target_modules=[query,key]", "training.learning_rate=1e-3", "x=",
+                                "sweep.grid={lora.r: [4, 8]}"]) == {
+        "lora.target_modules": ["query", "key"], "training.learning_rate": 1e-3, "x": None,
+        "sweep.grid": {"lora.r": [4, 8]}}
     with pytest.raises(ConfigError, match="key=value"):
         parse_set_overrides(["lora.r"])
+    with pytest.raises(ConfigError, match=r"`--set lora.target_modules` value '\[query' is not valid YAML"):
+        parse_set_overrides(["lora.target_modules=[query"])
+
+
+def test_yaml_duplicate_key_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: sst2\nlora:\n  r: 4\n  r: 8\n")
+    with pytest.raises(ConfigError, match=r"c.yaml' is not valid YAML at line 4, column 3: found duplicate key r"):
+        load_config(path)
+
+
+def test_a_mapping_merges_into_the_defaults_and_a_later_grid_replaces_an_earlier_one(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lora: {r: 4}\nsweep: {grid: {lora.r: [4, 8], seed: [1, 2]}}\n")
+    cfg = load_config(path, overrides=parse_set_overrides(["sweep.grid={lora.lora_dropout: [0.0, 0.1]}"]))
+    assert cfg.lora == {**ExperimentConfig().lora, "r": 4}
+    assert cfg.sweep.grid == {"lora.lora_dropout": [0.0, 0.1]}
+
+
+def test_wrong_types_name_the_expected_type():
+    with pytest.raises(ConfigError) as err:
+        build_config(overrides={"sweep.ranks": ["four"], "max_train_samples": "many", "export_merged": "maybe",
+                                "lora": 5})
+    assert sorted(err.value.problems) == sorted([
+        "`max_train_samples` must be of type int or null, got 'many'",
+        "`export_merged` must be of type bool, got 'maybe'",
+        "`sweep.ranks` must be of type list of int, got ['four']",
+        "`lora` must be of type mapping, got 5"])
+
+
+@pytest.mark.parametrize("keys, fields", [
+    ("COMMON_LORA_KEYS", lambda: {f.name for f in dataclasses.fields(__import__("peft").LoraConfig)}),
+    ("COMMON_TRAINING_KEYS",
+     lambda: {f.name for f in dataclasses.fields(__import__("transformers").TrainingArguments)}),
+])
+def test_the_cheap_key_lists_are_fields_of_peft_and_transformers(keys, fields):
+    from loraexp import validation
+
+    assert getattr(validation, keys) <= fields()
+
+
+def test_the_lora_alpha_2r_rule_and_default_ranks_live_once():
+    from loraexp import variants
+    from loraexp.schema import DEFAULT_LORA, SweepConfig, lora_alpha_for_rank
+
+    assert DEFAULT_LORA["lora_alpha"] == lora_alpha_for_rank(DEFAULT_LORA["r"]) == 16
+    assert list(variants.DEFAULT_RANKS) == SweepConfig().ranks
+    assert variants.rank_axis([4]) == [{"r": 4, "lora_alpha": lora_alpha_for_rank(4)}]
 
 
 def test_data_dir_comes_from_the_environment(monkeypatch):
@@ -164,3 +215,33 @@ def test_quantization_and_evaluation_fields_are_validated(layer, message):
 def test_run_name_shows_the_quantization(quantization, label):
     cfg = build_config({"lora": {"target_modules": "attention"}, "quantization": quantization})
     assert label in run_name(cfg)
+
+
+def test_a_sweep_point_replaces_a_mapping_instead_of_merging_into_it():
+    base = build_config({"lora": {"rank_pattern": {"query": 4}}},
+                        overrides={"sweep.mode": "ablation", "sweep.ablation_type": "grid",
+                                   "sweep.grid": {"lora.rank_pattern": [{"value": 16}, {}]}})
+    assert [c.lora["rank_pattern"] for _, c in expand(base)] == [{"value": 16}, {}]
+
+
+def test_the_same_point_of_two_ablations_is_the_same_run():
+    def ids(kind):
+        return {n: c.run_id for n, c in expand(build_config(overrides={"sweep.mode": "ablation",
+                                                                       "sweep.ablation_type": kind}))}
+
+    name = "sst2-minilm-r8-a16-standard-lr2e-3-s42"
+    assert ids("alpha")[name] == ids("rank")[name]  # lora_alpha 16 stays an int in the alpha ablation
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("42\n", "must hold a mapping of settings, got int"),
+    ("hello\n", "must hold a mapping of settings, got str"),
+    ("data_dir: ${oc.env:HOME}\n", "`data_dir` value '${oc.env:HOME}' is not allowed"),
+    ("sweep: {grid: {lora.r: 4}, mode: ablation, ablation_type: grid}\n", "`sweep.grid.lora.r` must be a non-empty"),
+])
+def test_hostile_yaml_files_give_one_config_error(tmp_path, text, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert fragment in str(err.value)

@@ -28,7 +28,7 @@ def test_smollm2_run_end_to_end(config, extra, run, metric, data_dir, smollm2_ca
     code = main(["--config", config, "--data-dir", data_dir, "--output-dir", str(out), *FEW_STEPS, *extra])
     metrics = json.loads((out / run / "metrics.json").read_text())
     assert code == 0, metrics.get("error")
-    assert metrics["resolved"]["model_type"] == "llama" and metrics["resolved"]["objective"] == "causal_lm"
+    assert metrics["resolved"]["model_type"] == "llama" and metrics["resolved"]["objective"] == "CAUSAL_LM"
     assert metric in metrics["eval"] and metric in metrics["base_eval"]
     assert metrics["verification"]["passed"]
     eff = metrics["training_efficiency"]
@@ -36,4 +36,4 @@ def test_smollm2_run_end_to_end(config, extra, run, metric, data_dir, smollm2_ca
     if "qlora" in config:
         # NF4 + double quantization: base weights well under half of the 538 MB float32 checkpoint
         assert eff["base_weight_bytes"] < 0.5 * 538_060_288
-        assert metrics["verification"]["quantization_gap_max_abs_diff"] > 0
+        assert metrics["verification"]["merge"]["quantization_gap_max_abs_diff"] > 0

@@ -29,10 +29,10 @@ def test_merged_model_matches_adapter_model(arch, preset):
                                                    "lora_dropout": 0.1})
     _perturb_lora(model)
     merged, result = check_merge_equivalence(model, BATCHES, atol=1e-4, latency_repeats=1)
-    assert result["passed"], result
-    assert result["adapter_vs_base_max_abs_diff"] > 1e-4  # not vacuous
-    assert result["merge_max_abs_diff"] <= 1e-4
-    assert result["adapter_latency_s"] > 0 and result["merged_latency_s"] > 0
+    assert result.passed, result
+    assert result.adapter_vs_base_max_abs_diff > 1e-4  # not vacuous
+    assert result.max_abs_diff <= 1e-4
+    assert result.adapter_latency_s > 0 and result.merged_latency_s > 0
     assert not any("lora_" in n for n, _ in merged.named_parameters())
 
 
@@ -40,8 +40,8 @@ def test_check_fails_when_the_adapter_does_not_change_the_output():
     # B = 0 and no trained head: adapter == base, so equivalence would be vacuous.
     model, _ = attach_lora(tiny_classifier("bert"), {"r": 4, "target_modules": "standard", "modules_to_save": []})
     _, result = check_merge_equivalence(model, BATCHES, latency_repeats=1)
-    assert not result["passed"]
-    assert "does not change the output" in result["reason"]
+    assert not result.passed
+    assert "does not change the output" in result.reason
 
 
 def test_check_fails_when_merge_is_wrong(monkeypatch):
@@ -56,8 +56,8 @@ def test_check_fails_when_merge_is_wrong(monkeypatch):
 
     monkeypatch.setattr(model, "merge_and_unload", bad_merge)
     _, result = check_merge_equivalence(model, BATCHES, latency_repeats=1)
-    assert not result["passed"] and result["merge_max_abs_diff"] > 1e-4
-    assert "differ from adapter logits" in result["reason"]
+    assert not result.passed and result.max_abs_diff > 1e-4
+    assert "differ from adapter logits" in result.reason
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])

@@ -25,7 +25,7 @@ def _quantized_lora(path, q):
     model, tokenizer = load_model(path, CAUSAL_LM, quantization_config=bnb_config(q))
     model = prepare_for_training(model, q)
     peft_model, _ = attach_lora(model, {"r": 4, "lora_alpha": 8, "target_modules": "attention"}, seed=0,
-                                kind=CAUSAL_LM)
+                                task_type=CAUSAL_LM)
     return peft_model, tokenizer
 
 
@@ -91,9 +91,9 @@ def test_qlora_merge_into_full_precision_reload(tiny_causal_lm_dir, tmp_path):
     full_precision, _ = load_model(tiny_causal_lm_dir, CAUSAL_LM)
     batches = [{k: v for k, v in _batch(i).items() if k != "labels"} for i in range(2)]
     merged, result = check_quantized_merge(model, full_precision, tmp_path / "adapter", batches, latency_repeats=1)
-    assert result["passed"], result
-    assert result["merge_space"] == "probs" and result["merge_max_abs_diff"] <= 1e-2
-    assert result["adapter_vs_base_max_abs_diff"] > 1e-4  # not vacuous
-    assert result["quantization_gap_max_abs_diff"] > 0  # 4-bit and full precision differ, and it is reported
+    assert result.passed, result
+    assert result.space == "probs" and result.max_abs_diff <= 1e-2
+    assert result.adapter_vs_base_max_abs_diff > 1e-4  # not vacuous
+    assert result.quantization_gap_max_abs_diff > 0  # 4-bit and full precision differ, and it is reported
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())  # merged in full precision
     assert not any("lora_" in n for n, _ in merged.named_parameters())

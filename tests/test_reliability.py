@@ -18,10 +18,12 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file
 
-from loraexp import runner
+from transformers import TrainerCallback
+
 from loraexp.checkpoints import is_complete, last_complete_checkpoint
 from loraexp.config import build_config
-from loraexp.results import SUMMARY_LOCK, write_sweep_summary
+from loraexp.recipe import run_experiment
+from loraexp.summary import SUMMARY_LOCK, write_sweep_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "experiments" / "lora_finetune.py")
@@ -86,7 +88,7 @@ def test_sigkill_mid_sweep_then_rerun_runs_only_the_missing_runs(tiny_bert_dir, 
     again = subprocess.run(_cli(tiny_bert_dir, tiny_sst2_dir, tmp_path / "killed", *sweep),
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    trained = [line for line in again.stderr.splitlines() if "training run " in line]
+    trained = [line for line in again.stderr.splitlines() if line.endswith(": started")]
     assert [names[1] in t for t in trained] == [True, False] and names[2] in trained[1]  # only the missing runs
     assert (sweep_dir / names[0] / "metrics.json").read_bytes() == first_run_metrics  # kept as it was
     assert _summary(sweep_dir) == _summary(tmp_path / "reference" / "sst2-ablation-rank")
@@ -126,8 +128,8 @@ def test_two_processes_on_one_sweep_never_train_a_run_twice(tiny_bert_dir, tiny_
     for proc in procs:
         proc.wait(timeout=600)
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
-    trained = [line.split("training run ")[1].split()[0] for log in logs for line in log.splitlines()
-               if "training run " in line]
+    trained = [line.split("] ")[1].split(": started")[0] for log in logs for line in log.splitlines()
+               if line.endswith(": started")]
     summary = _summary(tmp_path / "out" / "sst2-ablation-rank")
     assert sorted(trained) == sorted(summary)  # each run trained by exactly one of the processes
     assert all(row["status"] == "completed" for row in summary.values())
@@ -135,30 +137,28 @@ def test_two_processes_on_one_sweep_never_train_a_run_twice(tiny_bert_dir, tiny_
 
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_non_finite_training_stops_at_that_step_and_keeps_the_last_good_checkpoint(
-        tiny_bert_dir, tiny_sst2_dir, tmp_path, monkeypatch, where):
-    original = runner.attach_lora
+        tiny_bert_dir, tiny_sst2_dir, tmp_path, where):
+    class PoisonStep5(TrainerCallback):
+        """Makes the 5th training forward's loss NaN, or its lora_A gradient inf."""
 
-    def attach_with_nan_at_step_5(*args, **kwargs):
-        model, lora_config = original(*args, **kwargs)
-        forwards = {"n": 0}
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            forwards = {"n": 0}
 
-        def count_and_poison(module, inputs, output):
-            if module.training:
-                forwards["n"] += 1
-                if where == "loss" and forwards["n"] == 5:
-                    output["loss"] = output["loss"] * float("nan")
-            return output
+            def count_and_poison(module, inputs, output):
+                if module.training:
+                    forwards["n"] += 1
+                    if where == "loss" and forwards["n"] == 5:
+                        output["loss"] = output["loss"] * float("nan")
+                return output
 
-        model.register_forward_hook(count_and_poison)
-        lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
-        lora_a.register_hook(lambda g: g * float("inf") if where == "gradient" and forwards["n"] == 5 else g)
-        return model, lora_config
+            model.register_forward_hook(count_and_poison, prepend=True)  # before loraexp's loss check
+            lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
+            lora_a.register_hook(lambda g: g * float("inf") if where == "gradient" and forwards["n"] == 5 else g)
 
-    monkeypatch.setattr(runner, "attach_lora", attach_with_nan_at_step_5)
     cfg = build_config(overrides={"model": tiny_bert_dir, "data_dir": tiny_sst2_dir, "output_dir": str(tmp_path),
                                   "training.max_steps": 10, "training.save_strategy": "steps",
                                   "training.save_steps": 2, "training.per_device_train_batch_size": 8})
-    result = runner.run_experiment(cfg, tmp_path / "run", "run")
+    result = run_experiment(cfg, tmp_path / "run", "run", extra_callbacks=[PoisonStep5()])
     assert result.status == "failed" and result.metrics["failed_step"] == 5
     assert ("training loss is nan" if where == "loss" else "gradient of") in result.metrics["error"]
     assert result.metrics["last_checkpoint"].endswith("checkpoint-4") and is_complete(result.metrics["last_checkpoint"])
@@ -204,17 +204,15 @@ def test_summary_writers_wait_for_each_other(tmp_path):
 
 @pytest.mark.parametrize("crash_after_step", [24, 23])
 def test_resume_after_a_crash_near_the_end_carries_verification_forward(
-        tiny_bert_dir, tiny_sst2_dir, tmp_path, monkeypatch, crash_after_step):
+        tiny_bert_dir, tiny_sst2_dir, tmp_path, crash_after_step):
     """A crash after the last save (24: training done, evaluation cut short) or with one step
     left (23) resumes to the same adapter as an uninterrupted run: no step past max_steps, and
     the gradient-flow check passed in the first attempt counts (one or zero steps remain)."""
-    from transformers import TrainerCallback
-
     cfg = build_config(overrides={"model": tiny_bert_dir, "data_dir": tiny_sst2_dir, "output_dir": str(tmp_path),
                                   "training.max_steps": 24, "training.save_strategy": "steps",
                                   "training.save_steps": 23 if crash_after_step == 23 else 8,
                                   "training.per_device_train_batch_size": 8, "verification.latency_repeats": 1})
-    reference = runner.run_experiment(cfg, tmp_path / "reference", "run")
+    reference = run_experiment(cfg, tmp_path / "reference", "run")
     assert reference.status == "completed", reference.metrics.get("error")
 
     class Crash(TrainerCallback):
@@ -222,15 +220,13 @@ def test_resume_after_a_crash_near_the_end_carries_verification_forward(
             if state.global_step == crash_after_step:
                 raise KeyboardInterrupt  # like a kill: nothing after the save runs
 
-    original = runner.HistoryCallback
-    monkeypatch.setattr(runner, "HistoryCallback", lambda log: Crash())  # in the callback list's last place
     with pytest.raises(KeyboardInterrupt):
-        runner.run_experiment(cfg, tmp_path / "crashed", "run")
-    monkeypatch.setattr(runner, "HistoryCallback", original)
-    resumed = runner.run_experiment(cfg, tmp_path / "crashed", "run", resume=True)
+        run_experiment(cfg, tmp_path / "crashed", "run", extra_callbacks=[Crash()])  # after loraexp's callbacks
+    resumed = run_experiment(cfg, tmp_path / "crashed", "run", resume=True)
     assert resumed.status == "completed", resumed.metrics.get("error")
     ver = resumed.metrics["verification"]
-    assert ver["carried_from_checkpoint"] == crash_after_step and ver["grad_flow"] and ver["frozen_base"]
+    assert ver["grad_flow"]["carried_from_checkpoint"] == crash_after_step
+    assert ver["grad_flow"]["passed"] and ver["frozen_base"]["passed"]
     steps = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "crashed" / "checkpoints").iterdir())
     assert max(steps) == 24  # never a step past max_steps
     a = load_file(tmp_path / "reference" / "adapter" / "adapter_model.safetensors")

@@ -1,4 +1,4 @@
-"""Local results store: atomic files, summary tables."""
+"""Local results store: atomic files, the typed run record, summary tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from loraexp.results import RunStore, atomic_write_text, write_sweep_summary
+from loraexp.record import SCHEMA_VERSION, MergeCheck, RunRecord, Verification
+from loraexp.storage import RunStore, atomic_write_text
+from loraexp.summary import COLUMN_NAMES, write_sweep_summary
 
 
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -25,16 +27,67 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
 
 
 def test_summary_lists_every_run_including_missing(tmp_path):
-    RunStore(tmp_path / "a").write_metrics({
-        "status": "completed", "run_id": "abc", "config": {"lora": {"r": 4, "lora_alpha": 8,
-        "target_modules": "standard"}, "training": {"learning_rate": 1e-3}, "seed": 42},
-        "eval": {"accuracy": 0.8}, "verification": {"passed": True, "merge_max_abs_diff": 1e-7}})
-    RunStore(tmp_path / "b").write_metrics({"status": "failed", "error": "ValueError: boom"})
-    markdown = write_sweep_summary(tmp_path, ["a", "b", "c"])
+    passed = Verification()
+    passed.frozen_base.passed = passed.grad_flow.passed = True
+    passed.merge = MergeCheck(passed=True, max_abs_diff=1e-7)
+    RunStore(tmp_path / "a").write_record(RunRecord(
+        run_id="abc", run_name="a", sweep="s", versions={}, status="completed",
+        config={"lora": {"r": 4, "lora_alpha": 8, "target_modules": "standard"}, "training": {"learning_rate": 1e-3},
+                "seed": 42}, eval={"accuracy": 0.8}, verification=passed))
+    RunStore(tmp_path / "b").write_record(RunRecord(run_id="def", run_name="b", sweep="s", config={}, versions={},
+                                                    status="failed", error="ValueError: boom"))
+    write_sweep_summary(tmp_path, ["a", "b", "c"])
+    markdown = (tmp_path / "summary.md").read_text()
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert [(r["run_name"], r["status"]) for r in rows] == [("a", "completed"), ("b", "failed"), ("c", "missing")]
     assert rows[0]["eval_accuracy"] == "0.8" and rows[0]["verification"] == "passed"
-    assert rows[1]["error"] == "ValueError: boom"
-    assert (tmp_path / "summary.md").read_text() == markdown
+    assert rows[0]["merge_max_abs_diff"] == "1e-07"
+    assert rows[1]["error"] == "ValueError: boom" and rows[1]["verification"] == ""  # nothing was observed
+    assert list(rows[0]) == list(COLUMN_NAMES)
     assert markdown.splitlines()[0].startswith("| run_name | status | r |")
     assert RunStore(tmp_path / "a").is_completed() and not RunStore(tmp_path / "b").is_completed()
+
+
+def test_record_round_trips_through_metrics_json(tmp_path):
+    record = RunRecord(run_id="abc", run_name="a", sweep="s", config={"seed": 1}, versions={"peft": "0.21"},
+                       eval={"accuracy": 0.5}, failed_step=3)
+    record.verification.grad_flow.passed = True
+    record.verification.merge = MergeCheck(passed=False, space="logits", max_abs_diff=0.2, reason="too far")
+    store = RunStore(tmp_path / "a")
+    store.write_record(record)
+    saved = store.read_metrics()
+    assert saved["schema_version"] == SCHEMA_VERSION and saved["verification"]["passed"] is False
+    assert saved["verification"]["frozen_base"]["passed"] is None  # not observed is not passed
+    assert store.read_record() == record
+
+
+@pytest.mark.parametrize("checks, passed, reasons", [
+    ((True, True, True), True, []),
+    ((True, None, True), False, []),  # a check that could not be observed never counts as passed
+    ((True, False, True), False, ["no lora_A gradient"]),
+])
+def test_verification_passes_only_when_every_check_passed(checks, passed, reasons):
+    verification = Verification()
+    verification.frozen_base.passed, verification.grad_flow.passed, verification.merge.passed = checks
+    if checks[1] is False:
+        verification.grad_flow.reason = "no lora_A gradient"
+    assert verification.passed is passed and verification.failure_reasons() == reasons
+
+
+def test_wandb_summary_keys_come_from_the_record():
+    record = RunRecord(run_id="abc", run_name="a", sweep="s", config={}, versions={}, status="completed",
+                       eval={"accuracy": 0.9}, lora_rank={"mean_effective_rank": 2.0})
+    record.verification.merge = MergeCheck(passed=True, max_abs_diff=1e-6)
+    summary = record.wandb_summary()
+    assert summary["eval/accuracy"] == 0.9 and summary["lora_rank/mean_effective_rank"] == 2.0
+    assert summary["verification/merge/max_abs_diff"] == 1e-6 and summary["verification/passed"] is False
+
+
+def test_a_schema_1_record_and_checkpoint_keep_their_verification():
+    from loraexp.record import GradFlowCheck, check_from_dict
+
+    old = RunRecord.from_dict({"status": "completed", "run_name": "a", "verification": {
+        "frozen_base": True, "grad_flow": True, "merge_equivalence": True, "merge_max_abs_diff": 2e-6,
+        "merge_space": "logits", "passed": True}})
+    assert old.verification.passed and old.verification.merge.max_abs_diff == 2e-6
+    assert check_from_dict(GradFlowCheck, {"grad_flow": True, "lora_A_verified_step": 3}).passed is True

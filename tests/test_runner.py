@@ -9,7 +9,8 @@ import torch
 import yaml
 from peft import PeftModel
 
-from loraexp import runner
+from transformers import TrainerCallback
+
 from loraexp.config import build_config
 from loraexp.errors import ConfigError
 from loraexp.runner import run_sweep
@@ -34,8 +35,9 @@ def test_single_run_writes_design_layout(tiny_bert_dir, tiny_sst2_dir, tmp_path)
     assert metrics["status"] == "completed"
     assert metrics["run_id"] == config(tiny_bert_dir, tiny_sst2_dir, tmp_path).run_id
     ver = metrics["verification"]
-    assert ver["frozen_base"] and ver["grad_flow"] and ver["merge_equivalence"] and ver["passed"]
-    assert ver["merge_max_abs_diff"] <= 1e-4 < ver["adapter_vs_base_max_abs_diff"]
+    assert ver["frozen_base"]["passed"] and ver["grad_flow"]["passed"] and ver["merge"]["passed"] and ver["passed"]
+    assert ver["merge"]["max_abs_diff"] <= 1e-4 < ver["merge"]["adapter_vs_base_max_abs_diff"]
+    assert metrics["schema_version"] == 2
     assert 0 <= metrics["eval"]["accuracy"] <= 1
     eff = metrics["efficiency"]
     assert eff["lora_params"] == 2 * 2 * 8 * (16 + 16)  # 2 layers x {query, value} x r(in + out)
@@ -44,6 +46,7 @@ def test_single_run_writes_design_layout(tiny_bert_dir, tiny_sst2_dir, tmp_path)
     assert metrics["training_efficiency"]["tokens_per_s"] > 0 and metrics["training_efficiency"]["peak_mem_bytes"] > 0
     assert metrics["lora_rank"]["mean_effective_rank"] > 0
     assert metrics["versions"]["peft"] and metrics["resolved"]["target_modules"] == ["query", "value"]
+    assert metrics["resolved"]["objective"] == "SEQ_CLS"
 
     saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
     assert build_config(saved).run_id == metrics["run_id"]  # the saved config reproduces the run identity
@@ -73,27 +76,30 @@ def test_completed_runs_are_skipped_unless_rerun(tiny_bert_dir, tiny_sst2_dir, t
     second = run_sweep(cfg, progress=False)
     assert [r.status for r in second.runs] == ["skipped", "skipped"]
     assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in second.runs] == mtimes
-    assert second.summary_markdown == first.summary_markdown
+    assert second.rows == first.rows
     third = run_sweep(cfg, rerun=True, progress=False)
     assert [r.status for r in third.runs] == ["completed", "completed"]
 
 
-def test_a_failing_run_is_recorded_and_the_sweep_continues(tiny_bert_dir, tiny_sst2_dir, tmp_path, monkeypatch):
-    real = runner.attach_lora
+class CrashAtRank(TrainerCallback):
+    """Raises when training starts on an adapter of rank ``r``."""
 
-    def flaky(model, lora, seed=None, **kwargs):
-        if lora["r"] == 2:
+    def __init__(self, r: int):
+        self.r = r
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model.peft_config["default"].r == self.r:
             raise RuntimeError("simulated crash")
-        return real(model, lora, seed=seed, **kwargs)
 
-    monkeypatch.setattr(runner, "attach_lora", flaky)
+
+def test_a_failing_run_is_recorded_and_the_sweep_continues(tiny_bert_dir, tiny_sst2_dir, tmp_path):
     cfg = config(tiny_bert_dir, tiny_sst2_dir, tmp_path, **{"sweep.mode": "ablation", "sweep.ablation_type": "rank",
                                                             "sweep.ranks": [2, 4]})
-    result = run_sweep(cfg, progress=False)
+    result = run_sweep(cfg, progress=False, extra_callbacks=[CrashAtRank(2)])
     assert [r.status for r in result.runs] == ["failed", "completed"]
     failed = json.loads((result.runs[0].run_dir / "metrics.json").read_text())
     assert failed["error"] == "RuntimeError: simulated crash" and "Traceback" in failed["traceback"]
-    assert "| failed |" in result.summary_markdown and not result.all_completed
+    assert "| failed |" in (result.sweep_dir / "summary.md").read_text() and not result.all_completed
 
 
 def test_a_run_directory_with_another_config_is_never_overwritten(tiny_bert_dir, tiny_sst2_dir, tmp_path):

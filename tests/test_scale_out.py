@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from loraexp.config import build_config
-from loraexp.grid import POINT, grid_parameters, overrides_from_params
+from loraexp.scale_out.grid import POINT, grid_parameters, overrides_from_params
 from loraexp.sweep import expand, overrides_for
-from loraexp.trial_cli import parse_overrides
+from loraexp.scale_out.trial_cli import parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--set", "training.per_device_train_batch_size=8", "--set", "verification.latency_repeats=1",
@@ -116,12 +116,12 @@ def test_two_optuna_workers_on_a_journal_file_complete_the_grid_once(tiny_bert_d
     for worker in workers:
         assert worker.wait(timeout=600) == 0, logs[workers.index(worker)].read_text()[-3000:]
 
-    trained = [line.split("training run ")[1].split()[0] for log in logs for line in log.read_text().splitlines()
-               if "training run " in line]
+    trained = [line.split(": started")[0].split("] ")[-1] for log in logs for line in log.read_text().splitlines()
+               if line.endswith(": started")]
     assert len(trained) == 4 and len(set(trained)) == 4  # every grid point trained, none twice
-    assert all("training run" in log.read_text() for log in logs)  # both workers took part
+    assert all(": started" in log.read_text() for log in logs)  # both workers took part
 
-    from loraexp.optuna_backend import make_storage
+    from loraexp.scale_out.optuna_backend import make_storage
 
     study = optuna.load_study(study_name="sst2-ablation-grid", storage=make_storage(str(journal)))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -135,7 +135,7 @@ def test_two_optuna_workers_on_a_journal_file_complete_the_grid_once(tiny_bert_d
 
 def test_optuna_tpe_searches_learning_rate_and_rank(tiny_bert_dir, tiny_sst2_dir, tmp_path):
     optuna = pytest.importorskip("optuna")
-    from loraexp.optuna_backend import make_storage, run_optuna
+    from loraexp.scale_out.optuna_backend import make_storage, run_optuna
 
     cfg = build_config(overrides={
         "model": tiny_bert_dir, "data_dir": tiny_sst2_dir, "output_dir": str(tmp_path / "out"),
@@ -160,7 +160,7 @@ def test_an_optuna_trial_left_by_a_killed_worker_is_taken_over_and_resumed(tiny_
     import time
 
     from loraexp.checkpoints import is_complete
-    from loraexp.optuna_backend import make_storage
+    from loraexp.scale_out.optuna_backend import make_storage
 
     journal = tmp_path / "study.journal"
     argv = [sys.executable, str(ROOT / "experiments" / "lora_finetune.py"), "--task", "sst2", "--model",

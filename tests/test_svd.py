@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from loraexp.analysis.svd import factor_singular_values, lora_scaling, rank_metrics, subspace_similarity
+from loraexp.analysis.svd import factor_singular_values, lora_scaling, rank_metrics
 
 
 @pytest.mark.parametrize("m,n,r", [(64, 48, 8), (48, 64, 8), (128, 128, 16), (32, 512, 4), (20, 20, 1), (40, 30, 30)])
@@ -52,14 +52,3 @@ def test_scaling_formulas():
 def test_factor_svd_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="lora_B"):
         factor_singular_values(torch.randn(4, 10), torch.randn(12, 5))
-
-
-def test_subspace_similarity():
-    torch.manual_seed(0)
-    a = torch.randn(8, 64)
-    assert subspace_similarity(a, a, 8, 8) == pytest.approx(1.0)
-    # orthogonal row spaces
-    q, _ = torch.linalg.qr(torch.randn(64, 16))
-    assert subspace_similarity(q[:, :8].T, q[:, 8:].T, 8, 8) == pytest.approx(0.0, abs=1e-12)
-    # the top-2 of a rank-8 A are contained in its top-4
-    assert subspace_similarity(a, a, 2, 4) == pytest.approx(1.0)

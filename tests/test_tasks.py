@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from loraexp.errors import ConfigError, DataError
-from loraexp.tasks import TASKS, get_task
+from loraexp.tasks import TASK_NAMES, get_task
 
 # Row and label counts from shared/data/README.md.
 REAL_COUNTS = [  # (task, split, rows, label-1 count, first text)
@@ -68,4 +68,4 @@ def test_metrics(task, expected):
 def test_unknown_task():
     with pytest.raises(ConfigError, match="allowed: gsm8k, lima, mrpc, rte, shakespeare, sst2"):
         get_task("cola")
-    assert sorted(TASKS) == ["gsm8k", "lima", "mrpc", "rte", "shakespeare", "sst2"]
+    assert sorted(TASK_NAMES) == ["gsm8k", "lima", "mrpc", "rte", "shakespeare", "sst2"]

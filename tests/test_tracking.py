@@ -64,8 +64,9 @@ def test_sweep_runs_share_a_group_and_log_design_namespaces(fake_wandb, tiny_ber
     assert any(k.startswith("lora_adapters/") and k.endswith("/delta_norm") for k in logged)
     assert any(k.startswith("lora_rank/") and k.endswith("/effective_rank") for k in logged)
     summary = fake_wandb[0].summary
-    for key in ("efficiency/trainable_params", "efficiency/trainable_pct", "verification/frozen_base",
-                "verification/grad_flow", "verification/merge_max_abs_diff", "training_efficiency/samples_per_s",
+    for key in ("efficiency/trainable_params", "efficiency/trainable_pct", "verification/frozen_base/passed",
+                "verification/grad_flow/passed", "verification/merge/max_abs_diff", "verification/passed",
+                "training_efficiency/samples_per_s",
                 "training_efficiency/tokens_per_s", "training_efficiency/peak_mem_bytes", "eval/accuracy"):
         assert key in summary, key
     assert fake_wandb[0].exit_code == 0

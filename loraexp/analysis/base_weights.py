@@ -1,4 +1,4 @@
-"""Bit-exact fingerprints of the frozen base weights (DESIGN.md, "Frozen base")."""
+"""Bit-exact fingerprints of the frozen base weights (docs/design.md, "Frozen base")."""
 
 from __future__ import annotations
 

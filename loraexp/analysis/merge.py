@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from loraexp.record import MergeCheck
+
 SPACES = ("logits", "probs")
 
 
@@ -53,12 +55,16 @@ def check_merge_equivalence(peft_model, batches: Sequence[dict[str, torch.Tensor
         effect_atol: the adapter must change some logit by more than this.
 
     Returns:
-        ``(merged_model, result)``; ``result`` has ``passed`` (bool),
-        ``merge_max_abs_diff`` (in ``space``), ``merge_max_abs_logit_diff``, ``merge_space``,
-        ``adapter_vs_base_max_abs_diff``, ``atol``,
-        ``adapter_latency_s`` and ``merged_latency_s`` (seconds per batch), and
-        ``reason`` when it failed.
+        ``(merged_model, result)``; ``result`` is a :class:`~loraexp.record.MergeCheck`:
+        ``passed``, ``max_abs_diff`` (in ``space``), ``max_abs_logit_diff``,
+        ``adapter_vs_base_max_abs_diff``, ``atol``, ``adapter_latency_s`` and
+        ``merged_latency_s`` (seconds per batch), and ``reason`` when it failed.
+
+    Raises:
+        ValueError: ``space`` is not one of :data:`SPACES`.
     """
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     was_training = peft_model.training
     peft_model.eval()
     with peft_model.disable_adapter():
@@ -72,27 +78,18 @@ def check_merge_equivalence(peft_model, batches: Sequence[dict[str, torch.Tensor
     if was_training:
         merged.train()
 
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     effect = float((adapter_logits - base_logits).abs().max())
     logit_diff = float((adapter_logits - merged_logits).abs().max())
     diff = logit_diff if space == "logits" else float((_in_space(adapter_logits, space)
                                                        - _in_space(merged_logits, space)).abs().max())
-    result = {
-        "merge_max_abs_diff": diff,
-        "merge_max_abs_logit_diff": logit_diff,
-        "merge_space": space,
-        "adapter_vs_base_max_abs_diff": effect,
-        "atol": atol,
-        "adapter_latency_s": adapter_latency,
-        "merged_latency_s": merged_latency,
-        "passed": bool(effect > effect_atol and diff <= atol),
-    }
+    result = MergeCheck(passed=bool(effect > effect_atol and diff <= atol), space=space, max_abs_diff=diff,
+                        max_abs_logit_diff=logit_diff, adapter_vs_base_max_abs_diff=effect, atol=atol,
+                        adapter_latency_s=adapter_latency, merged_latency_s=merged_latency)
     if effect <= effect_atol:
-        result["reason"] = (f"adapter does not change the output (max |adapter - base| = {effect:.3g} "
-                            f"<= {effect_atol:g})")
+        result.reason = (f"adapter does not change the output (max |adapter - base| = {effect:.3g} "
+                         f"<= {effect_atol:g})")
     elif diff > atol:
-        result["reason"] = f"merged {space} differ from adapter {space} by {diff:.3g} > atol {atol:g}"
+        result.reason = f"merged {space} differ from adapter {space} by {diff:.3g} > atol {atol:g}"
     return merged, result
 
 
@@ -106,7 +103,7 @@ def check_quantized_merge(quantized_peft_model, full_precision_base, adapter_dir
     (:func:`loraexp.adapters.load_adapter`, safetensors only) and merged there. Two figures, both max |Δ| of the
     next-token probabilities over every position of ``batches``:
 
-    * ``merge_max_abs_diff``: merged model vs full-precision adapter model, passed when
+    * ``max_abs_diff``: merged model vs full-precision adapter model, passed when
       <= ``atol`` (1e-2: PEFT's tolerance for quantized merges) -- see
       :func:`check_merge_equivalence`, whose other fields are returned too;
     * ``quantization_gap_max_abs_diff``: the quantized adapter model (as trained) vs the
@@ -128,6 +125,6 @@ def check_quantized_merge(quantized_peft_model, full_precision_base, adapter_dir
     gap = float((_logits(full, batches).softmax(-1) - quantized).abs().max())
     merged, result = check_merge_equivalence(full, batches, atol=atol, latency_repeats=latency_repeats,
                                              space="probs")
-    result["quantization_gap_max_abs_diff"] = gap
-    result["merged_into"] = "full-precision reload of the base"
+    result.quantization_gap_max_abs_diff = gap
+    result.merged_into = "full-precision reload of the base"
     return merged, result

@@ -2,7 +2,7 @@
 
 With B ``(m, r)`` and A ``(r, n)``, thin QR gives B = Q_B R_B and Aᵀ = Q_A R_A, so
 ΔW = s · Q_B (R_B R_Aᵀ) Q_Aᵀ and, Q_B and Q_A having orthonormal columns, the singular
-values of ΔW are s times those of the r×r core R_B R_Aᵀ (DESIGN.md, "Factor-space SVD").
+values of ΔW are s times those of the r×r core R_B R_Aᵀ (docs/design.md, "Factor-space SVD").
 Cost O((m + n) r²) instead of O(m n min(m, n)). Computed in float64.
 """
 
@@ -71,13 +71,3 @@ def rank_metrics(singular_values: torch.Tensor, r: int | None = None) -> dict[st
     if r is not None:
         out["utilization"] = out["effective_rank"] / r
     return out
-
-
-def subspace_similarity(a_1: torch.Tensor, a_2: torch.Tensor, i: int, j: int) -> float:
-    """φ(A₁, A₂, i, j) = ‖U_iᵀ U_j‖_F² / min(i, j) (LoRA paper §7.2), where U_i are the top-i
-    right-singular vectors of ``a_1`` ``(r1, n)`` and U_j the top-j of ``a_2`` ``(r2, n)``.
-    1 means the top directions span the same subspace, 0 that they are orthogonal."""
-    _, _, v1 = torch.linalg.svd(a_1.detach().to(torch.float64), full_matrices=False)
-    _, _, v2 = torch.linalg.svd(a_2.detach().to(torch.float64), full_matrices=False)
-    overlap = v1[:i] @ v2[:j].T
-    return float((overlap ** 2).sum() / min(i, j))

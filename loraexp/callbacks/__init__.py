@@ -7,6 +7,7 @@ from loraexp.callbacks.frozen_base import FrozenBaseCallback
 from loraexp.callbacks.grad_flow import GradFlowCallback
 from loraexp.callbacks.history import HistoryCallback
 from loraexp.callbacks.non_finite import NonFiniteCallback
+from loraexp.callbacks.progress import QuietProgressCallback
 
 __all__ = ["AdapterStatsCallback", "CheckpointRecordCallback", "EfficiencyCallback", "FrozenBaseCallback",
-           "GradFlowCallback", "HistoryCallback", "NonFiniteCallback"]
+           "GradFlowCallback", "HistoryCallback", "NonFiniteCallback", "QuietProgressCallback"]

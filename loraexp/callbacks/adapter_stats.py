@@ -14,7 +14,7 @@ RANK_LOG_KEYS = ("effective_rank", "stable_rank", "k90", "k99", "utilization")
 
 
 def flatten_statistics(stats: dict[str, dict]) -> dict[str, float]:
-    """W&B keys of DESIGN.md: ``lora_adapters/<module>/<stat>``, ``lora_rank/<module>/<metric>``
+    """W&B keys (docs/design.md, "Tracking"): ``lora_adapters/<module>/<stat>``, ``lora_rank/<module>/<metric>``
     and the means over modules ``lora_rank/mean_<metric>``."""
     flat: dict[str, float] = {}
     for module, s in stats.items():

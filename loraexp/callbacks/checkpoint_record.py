@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -24,5 +25,6 @@ class CheckpointRecordCallback(TrainerCallback):
     def on_save(self, args, state, control, model=None, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and path.is_dir():
-            write_verification(path, {"step": state.global_step, "frozen_base": self.frozen.state_now(model),
-                                      "grad_flow": dict(self.grad_flow.result)})
+            write_verification(path, {"step": state.global_step,
+                                      "frozen_base": dataclasses.asdict(self.frozen.state_now(model)),
+                                      "grad_flow": dataclasses.asdict(self.grad_flow.result)})

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from transformers import TrainerCallback
 
 from loraexp.analysis.base_weights import base_parameters, changed_tensors, fingerprint_base
 from loraexp.errors import VerificationError
+from loraexp.record import FrozenBaseCheck
 
 
 class FrozenBaseCallback(TrainerCallback):
-    """Checks DESIGN.md's frozen-base invariant and raises :class:`VerificationError` when
+    """Checks the frozen-base invariant (docs/design.md, "Frozen base") and raises :class:`VerificationError` when
     it breaks.
 
     * train begin: no base parameter has ``requires_grad``; fingerprint every base tensor;
@@ -17,25 +20,24 @@ class FrozenBaseCallback(TrainerCallback):
       parameter has a ``.grad``;
     * train end: every base tensor is bit-identical to its start (BLAKE2b of raw bytes).
 
-    ``result`` holds the figures: ``frozen_base`` (bool), ``base_tensors`` (count),
-    ``base_requires_grad``, ``base_with_grad`` and ``changed_tensors`` (names).
+    ``result`` is a :class:`~loraexp.record.FrozenBaseCheck` (``passed`` stays None until
+    train end).
     """
 
     def __init__(self):
-        self.result: dict = {}
+        self.result = FrozenBaseCheck()
         self._start: dict[str, str] = {}
         self._grads_checked = False
 
     def _fail(self, what: str, names: list[str]) -> None:
-        self.result["frozen_base"] = False
+        self.result.passed = False
         raise VerificationError(f"frozen base violated: {len(names)} base tensors {what}, e.g. {names[:5]}")
 
     def on_train_begin(self, args, state, control, **kwargs):
         model = kwargs["model"]
         params = base_parameters(model)
         requires = [n for n, p in params.items() if p.requires_grad]
-        self.result.update(base_tensors=len(params), base_requires_grad=requires, base_with_grad=[],
-                           changed_tensors=[])
+        self.result = FrozenBaseCheck(base_tensors=len(params), base_requires_grad=requires)
         if requires:
             self._fail("require grad", requires)
         self._start = fingerprint_base(model)
@@ -45,18 +47,18 @@ class FrozenBaseCallback(TrainerCallback):
             return
         self._grads_checked = True
         with_grad = [n for n, p in base_parameters(kwargs["model"]).items() if p.grad is not None]
-        self.result["base_with_grad"] = with_grad
+        self.result.base_with_grad = with_grad
         if with_grad:
             self._fail("received a gradient", with_grad)
 
-    def state_now(self, model) -> dict:
+    def state_now(self, model) -> FrozenBaseCheck:
         """``result`` as it would be if training ended now (for a checkpoint's record)."""
         changed = changed_tensors(self._start, fingerprint_base(model))
-        return {**self.result, "changed_tensors": changed, "frozen_base": not changed}
+        return dataclasses.replace(self.result, changed_tensors=changed, passed=not changed)
 
     def on_train_end(self, args, state, control, **kwargs):
         changed = changed_tensors(self._start, fingerprint_base(kwargs["model"]))
-        self.result["changed_tensors"] = changed
+        self.result.changed_tensors = changed
         if changed:
             self._fail("changed during training", changed)
-        self.result["frozen_base"] = True
+        self.result.passed = True

@@ -6,6 +6,7 @@ import torch
 from transformers import TrainerCallback
 
 from loraexp.errors import VerificationError
+from loraexp.record import GradFlowCheck
 
 
 def _factor_pairs(model) -> dict[str, dict[str, torch.nn.Parameter]]:
@@ -32,15 +33,15 @@ class GradFlowCallback(TrainerCallback):
     resumed attempt whose checkpoint records a passed check (``prior``, from
     :func:`loraexp.checkpoints.read_verification`) carries that result forward and checks
     nothing more (so one or zero remaining steps do not fail it).
-    Raises :class:`VerificationError` at the first violation. ``result``: ``grad_flow``
-    (True once every check passed; False on failure or if training ended first),
-    ``lora_B_min_grad_norm_step1``, ``lora_A_min_grad_norm``, ``lora_A_verified_step``.
+    Raises :class:`VerificationError` at the first violation. ``result`` is a
+    :class:`~loraexp.record.GradFlowCheck` (``passed`` True once every check passed; False on
+    failure or if training ended first).
     """
 
-    def __init__(self, steps: int = 2, prior: dict | None = None):
+    def __init__(self, steps: int = 2, prior: GradFlowCheck | None = None):
         self.steps = steps
-        self.carried = bool(prior and prior.get("grad_flow"))
-        self.result: dict = dict(prior) if self.carried else {}
+        self.carried = bool(prior and prior.passed)
+        self.result = prior if self.carried else GradFlowCheck()
         self._a_pending: set[str] | None = None
         self._first_step = 0
 
@@ -48,7 +49,8 @@ class GradFlowCallback(TrainerCallback):
         self._first_step = state.global_step  # > 0 when resumed: steps count from there
 
     def _fail(self, message: str) -> None:
-        self.result["grad_flow"] = False
+        self.result.passed = False
+        self.result.reason = message
         raise VerificationError(f"gradient flow: {message}")
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -64,20 +66,21 @@ class GradFlowCallback(TrainerCallback):
             self._check_finite(pairs, step)
         if step == 1:
             norms = {m: float(f["lora_B"].grad.float().norm()) for m, f in pairs.items()}
-            self.result["lora_B_min_grad_norm_step1"] = min(norms.values())
+            self.result.lora_B_min_grad_norm_step1 = min(norms.values())
             zero = [m for m, v in norms.items() if v == 0.0]
             if zero:
                 self._fail(f"lora_B gradient is exactly zero at step 1 in {len(zero)} modules, e.g. {zero[:3]}")
         moved = [m for m in self._a_pending if bool(pairs[m]["lora_B"].detach().any())]
         for module in moved:
             norm = float(pairs[module]["lora_A"].grad.float().norm())
-            self.result["lora_A_min_grad_norm"] = min(self.result.get("lora_A_min_grad_norm", norm), norm)
+            previous = self.result.lora_A_min_grad_norm
+            self.result.lora_A_min_grad_norm = norm if previous is None else min(previous, norm)
             if norm == 0.0:
                 self._fail(f"lora_A gradient is exactly zero at step {step} in {module} although its lora_B has moved")
             self._a_pending.discard(module)
-        if not self._a_pending:
-            self.result.setdefault("lora_A_verified_step", step)
-        self.result["grad_flow"] = step >= self.steps and not self._a_pending
+        if not self._a_pending and self.result.lora_A_verified_step is None:
+            self.result.lora_A_verified_step = step
+        self.result.passed = step >= self.steps and not self._a_pending
 
     def _check_finite(self, pairs, step: int) -> None:
         missing = [f"{m}.{k}" for m, f in pairs.items() for k, p in f.items() if p.grad is None]
@@ -90,7 +93,12 @@ class GradFlowCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.carried:
             return
-        if self._a_pending:
-            self.result["grad_flow"] = False
-            self.result["reason"] = (f"lora_B never moved in {len(self._a_pending)} modules, so lora_A gradient flow "
-                                     "could not be verified (too few steps, or learning rate 0)")
+        if self._a_pending is None:  # no optimizer step: nothing was observed
+            self.result.reason = "no optimizer step was taken, so gradient flow could not be observed"
+        elif self._a_pending:
+            self.result.passed = False
+            self.result.reason = (f"lora_B never moved in {len(self._a_pending)} modules, so lora_A gradient flow "
+                                  "could not be verified (too few steps, or learning rate 0)")
+        elif not self.result.passed:
+            self.result.reason = (f"training ended after {state.global_step - self._first_step} optimizer steps, "
+                                  f"fewer than the {self.steps} the check needs (verification.grad_flow_steps)")

@@ -16,8 +16,8 @@ import json
 import math
 from typing import Any
 
-from loraexp.config import ExperimentConfig
 from loraexp.errors import ConfigError
+from loraexp.schema import ExperimentConfig
 from loraexp.sweep import overrides_for
 
 POINT = "point"

@@ -33,13 +33,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from loraexp.config import ExperimentConfig
 from loraexp.errors import ConfigError
-from loraexp.grid import grid_parameters, overrides_from_params
 from loraexp.objective import objective
 from loraexp.preflight import preflight
-from loraexp.results import STATUS_BUSY, STATUS_COMPLETED, STATUS_RUNNING, STATUS_SKIPPED, write_sweep_summary
+from loraexp.record import STATUS_BUSY, STATUS_COMPLETED, STATUS_RUNNING, STATUS_SKIPPED
 from loraexp.runner import RunResult, SweepResult, run_trial, trial_run_store
+from loraexp.scale_out.grid import grid_parameters, overrides_from_params
+from loraexp.schema import ExperimentConfig, lora_alpha_for_rank
+from loraexp.summary import write_sweep_summary
 from loraexp.sweep import expand, sweep_name
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def _trial_overrides(trial, cfg: ExperimentConfig, space: dict[str, list] | None
 
 
 def _tpe_overrides(params: dict[str, Any]) -> dict[str, Any]:
-    return {**params, "lora.lora_alpha": 2 * params["lora.r"]}
+    return {**params, "lora.lora_alpha": lora_alpha_for_rank(params["lora.r"])}
 
 
 def _value(result: RunResult, metric: str) -> float:
@@ -159,5 +160,5 @@ def run_optuna(cfg: ExperimentConfig, resume: bool = True) -> SweepResult:
     mine += _take_over_stale_trials(study, cfg, grid, metric, resume)
     names = [name for name, _ in runs] if grid else sorted(
         p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
-    markdown = write_sweep_summary(sweep_dir, names)
-    return SweepResult(sweep_dir, mine, markdown)
+    rows = write_sweep_summary(sweep_dir, names)
+    return SweepResult(sweep_dir, mine, rows, metric, direction)

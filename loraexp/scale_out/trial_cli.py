@@ -22,13 +22,13 @@ from loraexp.errors import ConfigError, LoraexpError
 def parse_overrides(items: list[str]) -> dict:
     """``["--lora.r=8", ...]`` -> ``{"lora.r": 8, ...}``: each item without its ``--`` is a
     ``--set`` item (:func:`loraexp.config.parse_set_overrides`, YAML values); the agent's
-    ``None`` means null, and ``--point`` carries several keys (:mod:`loraexp.grid`).
+    ``None`` means null, and ``--point`` carries several keys (:mod:`loraexp.scale_out.grid`).
 
     Raises:
         ConfigError: an item is not ``--key=value``.
     """
     from loraexp.config import parse_set_overrides
-    from loraexp.grid import overrides_from_params
+    from loraexp.scale_out.grid import overrides_from_params
 
     bad = [item for item in items if not item.startswith("--")]
     if bad:

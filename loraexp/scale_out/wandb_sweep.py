@@ -3,7 +3,7 @@
 ``--export-wandb-sweep sweep.yaml`` writes two files:
 
 * ``sweep.yaml``: ``wandb sweep sweep.yaml`` creates the sweep; ``wandb agent <id>`` on
-  each VM runs trials. ``method: grid`` over :func:`loraexp.grid.grid_parameters`,
+  each VM runs trials. ``method: grid`` over :func:`loraexp.scale_out.grid.grid_parameters`,
   ``program: experiments/trial.py`` and ``command`` ending in ``${args}``, so the agent
   calls ``python experiments/trial.py --config sweep.base.yaml --lora.r=8 ...``;
 * ``sweep.base.yaml``: the resolved config every trial starts from (``tracking.wandb:
@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from loraexp.config import ExperimentConfig
 from loraexp.errors import ConfigError
-from loraexp.grid import grid_parameters
 from loraexp.objective import objective
-from loraexp.results import atomic_write_text
+from loraexp.scale_out.grid import grid_parameters
+from loraexp.schema import ExperimentConfig
+from loraexp.storage import atomic_write_text
 from loraexp.sweep import expand, sweep_name
 
 TRIAL_PROGRAM = "experiments/trial.py"

@@ -1,12 +1,15 @@
-"""Task registry: name -> task, for sequence classification and for causal LMs.
+"""Task registry: name -> the task's forms, one per objective (``peft.TaskType`` value).
 
 A task with both forms (``sst2``) is scored with a classification head on an encoder and
-with a verbalizer on a causal LM; :func:`get_task` picks the form for the model.
+with a verbalizer on a causal LM; :func:`task_type_for` picks the form for the model. Task
+modules import their heavy libraries (pandas, torch, datasets) inside functions, so this
+registry is cheap to import (config validation and ``--help`` use it).
 """
 
+from __future__ import annotations
+
 from loraexp.errors import ConfigError
-from loraexp.tasks.base import CAUSAL_LM, SEQUENCE_CLASSIFICATION, ClassificationTask
-from loraexp.tasks.causal_lm import CausalLMTask
+from loraexp.tasks.base import Task
 from loraexp.tasks.gsm8k import GSM8K
 from loraexp.tasks.lima import LIMA
 from loraexp.tasks.mrpc import MRPC
@@ -15,42 +18,55 @@ from loraexp.tasks.shakespeare import SHAKESPEARE
 from loraexp.tasks.sst2 import SST2
 from loraexp.tasks.sst2_verbalizer import SST2_VERBALIZER
 
-CLASSIFICATION_TASKS: dict[str, ClassificationTask] = {t.name: t for t in (SST2, MRPC, RTE)}
-CAUSAL_LM_TASKS: dict[str, CausalLMTask] = {t.name: t for t in (SST2_VERBALIZER, SHAKESPEARE, LIMA, GSM8K)}
-TASKS = sorted({*CLASSIFICATION_TASKS, *CAUSAL_LM_TASKS})
+# peft.TaskType values (TaskType is a str enum: TaskType.CAUSAL_LM == "CAUSAL_LM")
+SEQ_CLS = "SEQ_CLS"
+CAUSAL_LM = "CAUSAL_LM"
+
+FORMS: dict[str, dict[str, Task]] = {}
+for _task in (SST2, MRPC, RTE, SST2_VERBALIZER, SHAKESPEARE, LIMA, GSM8K):
+    FORMS.setdefault(_task.name, {})[_task.task_type] = _task
+TASK_NAMES = tuple(sorted(FORMS))
+
+# The eval metric a task is judged by (Optuna / W&B objective, the console's main column).
+MAIN_METRICS = {"sst2": "accuracy", "mrpc": "accuracy", "rte": "accuracy", "shakespeare": "loss", "lima": "loss",
+                "gsm8k": "loss"}
 
 
-def task_kind(name: str, model_kind: str) -> str:
-    """How task ``name`` runs on a model of ``model_kind``: a causal LM uses the task's
-    causal-LM form when it has one, else a classification head on top of the causal LM
-    (e.g. ``LlamaForSequenceClassification`` for MRPC); an encoder needs a classification task.
+def task_type_for(name: str, model_task_type: str) -> str:
+    """The objective task ``name`` has on a model whose checkpoint is ``model_task_type``: a
+    causal LM uses the task's causal-LM form when it has one, else a classification head on
+    top of it (e.g. ``LlamaForSequenceClassification`` for MRPC); an encoder needs a
+    classification form.
 
     Raises:
         ConfigError: unknown task, or a causal-LM-only task on an encoder model.
     """
-    if name not in TASKS:
-        raise ConfigError(f"`task` {name!r} is unknown; allowed: {', '.join(TASKS)}")
-    if model_kind == CAUSAL_LM and name in CAUSAL_LM_TASKS:
+    forms = _forms(name)
+    if model_task_type == CAUSAL_LM and CAUSAL_LM in forms:
         return CAUSAL_LM
-    if name in CLASSIFICATION_TASKS:
-        return SEQUENCE_CLASSIFICATION
+    if SEQ_CLS in forms:
+        return SEQ_CLS
     raise ConfigError(f"`task` {name!r} is a causal-LM task, but `model` is not a causal LM (its architectures do "
                       "not end in ForCausalLM); use e.g. model: smollm2-135m")
 
 
-def get_task(name: str, kind: str = SEQUENCE_CLASSIFICATION):
-    """The task registered as ``name`` in form ``kind`` (see :func:`task_kind`).
+def get_task(name: str, task_type: str = SEQ_CLS) -> Task:
+    """The form of task ``name`` for objective ``task_type`` (see :func:`task_type_for`).
 
     Raises:
-        ConfigError: unknown task, or no form of that kind.
+        ConfigError: unknown task, or no form of that type.
     """
-    if name not in TASKS:
-        raise ConfigError(f"`task` {name!r} is unknown; allowed: {', '.join(TASKS)}")
-    registry = CAUSAL_LM_TASKS if kind == CAUSAL_LM else CLASSIFICATION_TASKS
-    if name not in registry:
-        raise ConfigError(f"`task` {name!r} has no {kind} form; allowed: {', '.join(sorted(registry))}")
-    return registry[name]
+    forms = _forms(name)
+    if task_type not in forms:
+        raise ConfigError(f"`task` {name!r} has no {task_type} form; tasks with one: "
+                          f"{', '.join(n for n in TASK_NAMES if task_type in FORMS[n])}")
+    return forms[task_type]
 
 
-__all__ = ["CAUSAL_LM_TASKS", "CLASSIFICATION_TASKS", "TASKS", "ClassificationTask", "CausalLMTask", "get_task",
-           "task_kind"]
+def _forms(name: str) -> dict[str, Task]:
+    if name not in FORMS:
+        raise ConfigError(f"`task` {name!r} is unknown; allowed: {', '.join(TASK_NAMES)}")
+    return FORMS[name]
+
+
+__all__ = ["CAUSAL_LM", "FORMS", "MAIN_METRICS", "SEQ_CLS", "TASK_NAMES", "Task", "get_task", "task_type_for"]

@@ -1,5 +1,5 @@
-"""What every causal-LM task shares: the task interface the runner uses, label padding,
-and the held-out loss / perplexity metric.
+"""Causal language modelling (``peft.TaskType.CAUSAL_LM``): what every causal-LM task shares
+(label padding, the held-out loss / perplexity metric, base-model scoring).
 
 A causal-LM task turns raw rows into ``input_ids``/``attention_mask``/``labels`` where
 ``labels`` is ``-100`` on every token that is not trained on (prompt tokens, padding);
@@ -11,28 +11,34 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from loraexp.tasks.base import CAUSAL_LM, SPLITS
+from loraexp.tasks.base import SPLITS
 
 IGNORE_INDEX = -100  # label of tokens without loss (torch.nn.CrossEntropyLoss ignore_index)
 
 
 class CausalLMTask:
-    """Base of causal-LM tasks. Subclasses set ``name``, ``local_files`` (split -> path
-    relative to the data directory; the same path for both splits when the task splits
-    one file itself) and implement :meth:`load_split` and :meth:`tokenize`.
+    """Base of causal-LM tasks (a :class:`~loraexp.tasks.base.Task`). Subclasses set
+    ``name``, ``local_files`` (split -> path relative to the data directory; the same path
+    for both splits when the task splits one file itself) and implement :meth:`load_split`
+    and :meth:`tokenize`.
 
     Metrics: ``loss`` (mean cross-entropy per labelled token, nats) and ``perplexity``
     (exp(loss)) from ``Trainer.evaluate``; subclasses may add ``trainer_metrics`` (metrics
-    from logits) and ``generation_eval`` (metrics from generated text).
+    from logits) and :meth:`evaluate_generation` (metrics from generated text). The merge
+    check compares next-token probabilities of the first 8 rows of each batch: logits over a
+    large vocabulary after many layers differ by ~1e-4 from fp32 rounding alone
+    (docs/verification.md).
     """
 
     name: str = ""
-    kind: str = CAUSAL_LM
+    task_type: str = "CAUSAL_LM"
     num_labels: int = 0
     local_files: dict[str, str] = {}
     hub_dataset: str = ""
     hub_config: str | None = None
-    generation_eval = None
+    scores_base_model: bool = True
+    merge_space: str = "probs"
+    merge_check_rows: int | None = 8
 
     def check_data(self, data_dir) -> None:
         """Fail early (before any training) if a local file is missing, unreadable, lacks
@@ -65,8 +71,16 @@ class CausalLMTask:
         none by default: loss-only evaluation keeps no logits."""
         return {}
 
+    def training_defaults(self) -> dict[str, Any]:
+        """None: the Trainer's defaults (token-level loss, averaged across processes) fit."""
+        return {}
+
+    def evaluate_generation(self, model, tokenizer, dataset, evaluation) -> tuple[dict[str, Any], list[dict]] | None:
+        """None: scored by loss; :class:`~loraexp.tasks.gsm8k.GSM8KTask` overrides it."""
+        return None
+
     @staticmethod
-    def add_perplexity(metrics: dict[str, Any]) -> dict[str, Any]:
+    def postprocess_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         """``metrics`` with ``perplexity`` = exp(``loss``) added (``inf`` on overflow)."""
         if "loss" in metrics:
             try:

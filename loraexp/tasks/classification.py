@@ -1,8 +1,8 @@
-"""Sequence-classification task definition shared by the GLUE tasks.
+"""Sequence classification (``peft.TaskType.SEQ_CLS``): the GLUE tasks' implementation of
+:class:`~loraexp.tasks.base.Task`.
 
-A task knows where its data lives (the Hub, or a local directory in the layout of
-``shared/data``), how to tokenize it and how to score predictions. Metrics come from
-scikit-learn (accuracy; F1 of the positive class as GLUE reports for MRPC).
+A classification head on the model is trained in full (PEFT ``modules_to_save``); metrics
+come from scikit-learn (accuracy; F1 of the positive class, as GLUE reports for MRPC).
 """
 
 from __future__ import annotations
@@ -11,36 +11,15 @@ import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import Any
 
 from loraexp.errors import DataError
-
-SPLITS = ("train", "validation")
-SEQUENCE_CLASSIFICATION = "sequence_classification"
-CAUSAL_LM = "causal_lm"
-
-
-def require_file(data_dir: str | Path, relative: str, what: str) -> Path:
-    """``data_dir / relative``, checked to exist.
-
-    Raises:
-        DataError: the data directory or the file does not exist (naming ``what``).
-    """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"`data_dir` {str(root)!r} is not a directory; it must hold the task files "
-                        f"(e.g. {relative})")
-    path = root / relative
-    if not path.is_file():
-        raise DataError(f"`data_dir` {str(root)!r} has no {what} file: expected {relative!r}")
-    return path
+from loraexp.tasks.base import SPLITS, require_file
 
 
 @dataclass(frozen=True)
 class ClassificationTask:
-    """One GLUE-style classification task.
+    """One GLUE-style classification task (a :class:`~loraexp.tasks.base.Task`).
 
     Attributes:
         name: registry name (``sst2``).
@@ -56,12 +35,14 @@ class ClassificationTask:
     text_fields: tuple[str, ...]
     hub_config: str
     local_files: dict[str, str]
-    read_local: Callable[[Path], pd.DataFrame]
+    read_local: Callable[[Path], Any]
     metrics: tuple[str, ...] = ("accuracy",)
     num_labels: int = 2
     hub_dataset: str = "nyu-mll/glue"
-    kind: str = SEQUENCE_CLASSIFICATION
-    generation_eval = None  # classification is scored from logits only
+    task_type: str = "SEQ_CLS"
+    scores_base_model: bool = False  # the head is randomly initialised before training
+    merge_space: str = "logits"
+    merge_check_rows: int | None = None
 
     def local_path(self, data_dir: str | Path, split: str) -> Path:
         """Path of ``split`` under ``data_dir``.
@@ -127,8 +108,24 @@ class ClassificationTask:
         """Keyword arguments for ``Trainer``: ``compute_metrics`` from the head's logits."""
         return {"compute_metrics": lambda p: self.compute_metrics(p.predictions, p.label_ids)}
 
-    def compute_metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        """GLUE metrics from ``logits`` ``(n, num_labels)`` and integer ``labels`` ``(n,)``."""
+    def training_defaults(self) -> dict[str, Any]:
+        """No token-count loss rescaling: a classifier's loss is a per-example mean, and the
+        Trainer's rescaling (loss x processes under DDP, meant for losses summed over tokens)
+        would double it, eval loss included (transformers issue #35078)."""
+        return {"average_tokens_across_devices": False}
+
+    def postprocess_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``metrics`` unchanged (accuracy and F1 come from :meth:`compute_metrics`)."""
+        return metrics
+
+    def evaluate_generation(self, model, tokenizer, dataset, evaluation) -> None:
+        """None: classification is scored from logits only."""
+        return None
+
+    def compute_metrics(self, logits, labels) -> dict[str, float]:
+        """GLUE metrics from ``logits`` ``(n, num_labels)`` and integer ``labels`` ``(n,)``
+        (numpy arrays)."""
+        import numpy as np
         from sklearn.metrics import accuracy_score, f1_score
 
         predictions = np.asarray(logits).argmax(-1)
@@ -138,7 +135,10 @@ class ClassificationTask:
         return out
 
 
-def read_tsv(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a GLUE TSV: header row, tab-separated, no quoting (quotes are part of the text)."""
+def read_tsv(path: Path, encoding: str = "utf-8"):
+    """Read a GLUE TSV (a ``pandas.DataFrame``): header row, tab-separated, no quoting (quotes
+    are part of the text)."""
+    import pandas as pd
+
     return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding=encoding, keep_default_na=False,
                        dtype=str)

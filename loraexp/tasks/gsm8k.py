@@ -83,8 +83,10 @@ class GSM8KTask(InstructionTask):
         answer = CALCULATOR.sub("", row["answer"]) if self.strip_calculator else row["answer"]
         return [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": answer}]
 
-    def generation_eval(self, model, tokenizer, dataset, samples: int, max_new_tokens: int, batch_size: int):
-        """Greedy generation on the first ``samples`` rows of ``dataset``.
+    def evaluate_generation(self, model, tokenizer, dataset, evaluation):
+        """Greedy generation on the first ``evaluation.generation_samples`` rows of ``dataset``
+        (``evaluation.max_new_tokens`` new tokens, ``evaluation.generation_batch_size``
+        prompts at a time).
 
         Returns:
             ``(metrics, records)``: ``exact_match``, ``exact_match_flexible`` (fractions in
@@ -93,10 +95,11 @@ class GSM8KTask(InstructionTask):
         """
         from loraexp.generation import generate_texts
 
-        rows = dataset.select(range(min(samples, len(dataset))))
+        rows = dataset.select(range(min(evaluation.generation_samples, len(dataset))))
         prompts = [render(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True)
                    for q in rows["question"]]
-        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=evaluation.max_new_tokens,
+                               batch_size=evaluation.generation_batch_size)
         records = []
         for question, answer, text in zip(rows["question"], rows["answer"], texts):
             reference = final_answer(answer)

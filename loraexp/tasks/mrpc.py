@@ -3,12 +3,10 @@ Metrics: accuracy and F1 of the paraphrase class."""
 
 from pathlib import Path
 
-import pandas as pd
-
-from loraexp.tasks.base import ClassificationTask, read_tsv
+from loraexp.tasks.classification import ClassificationTask, read_tsv
 
 
-def read_mrpc(path: Path) -> pd.DataFrame:
+def read_mrpc(path: Path):
     """GLUE's MRPC TSV: ``Quality, #1 ID, #2 ID, #1 String, #2 String``, with a UTF-8 BOM."""
     frame = read_tsv(path, encoding="utf-8-sig")
     return frame.rename(columns={"Quality": "label", "#1 String": "sentence1", "#2 String": "sentence2"})

@@ -3,13 +3,13 @@ Labels follow the HF convention: 0 = entailment, 1 = not_entailment."""
 
 from pathlib import Path
 
-import pandas as pd
-
-from loraexp.tasks.base import ClassificationTask
+from loraexp.tasks.classification import ClassificationTask
 
 
-def read_rte(path: Path) -> pd.DataFrame:
-    """HF-datasets parquet with ``sentence1, sentence2, label, idx``."""
+def read_rte(path: Path):
+    """HF-datasets parquet (a ``pandas.DataFrame``) with ``sentence1, sentence2, label, idx``."""
+    import pandas as pd
+
     return pd.read_parquet(path)
 
 

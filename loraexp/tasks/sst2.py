@@ -2,12 +2,10 @@
 
 from pathlib import Path
 
-import pandas as pd
-
-from loraexp.tasks.base import ClassificationTask, read_tsv
+from loraexp.tasks.classification import ClassificationTask, read_tsv
 
 
-def read_sst2(path: Path) -> pd.DataFrame:
+def read_sst2(path: Path):
     """``sentence<TAB>label`` with a header (GLUE's SST-2 TSV)."""
     return read_tsv(path)
 

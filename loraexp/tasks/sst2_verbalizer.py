@@ -9,9 +9,6 @@ prediction is the larger one, so a base model gets a zero-shot accuracy from the
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 from loraexp.errors import ModelError
 from loraexp.tasks.base import SPLITS
 from loraexp.tasks.causal_lm import IGNORE_INDEX, CausalLMTask
@@ -33,8 +30,9 @@ def label_token_ids(tokenizer, words=LABEL_WORDS) -> list[int]:
     return ids
 
 
-def first_label_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Index of the first labelled token of each row of ``labels`` ``(batch, seq)``."""
+def first_label_positions(labels):
+    """Index of the first labelled token of each row of ``labels`` ``(batch, seq)`` (a
+    ``torch.Tensor``), as a ``(batch,)`` tensor."""
     return (labels != IGNORE_INDEX).int().argmax(dim=-1)
 
 
@@ -43,7 +41,7 @@ class SST2VerbalizerTask(CausalLMTask):
     local_files = SST2.local_files
     hub_dataset = SST2.hub_dataset
     hub_config = SST2.hub_config
-    num_labels = 2
+    num_labels = 0  # two label words, but no classification head to build
 
     def check_data(self, data_dir) -> None:
         SST2.check_data(data_dir)
@@ -73,6 +71,8 @@ class SST2VerbalizerTask(CausalLMTask):
         """``preprocess_logits_for_metrics`` keeps, per row, the logits ``(num_labels,)`` of the
         label words at the position before the first labelled token (so no ``(batch, seq,
         vocab)`` logits are accumulated); ``compute_metrics`` gives ``accuracy``."""
+        import torch
+
         word_ids = label_token_ids(tokenizer)
         index = torch.tensor(word_ids)
 
@@ -89,9 +89,11 @@ class SST2VerbalizerTask(CausalLMTask):
         return {"preprocess_logits_for_metrics": preprocess, "compute_metrics": compute}
 
     @staticmethod
-    def accuracy(scores: np.ndarray, label_ids: np.ndarray, word_ids: list[int]) -> float:
+    def accuracy(scores, label_ids, word_ids: list[int]) -> float:
         """Accuracy of argmax over ``scores`` ``(n, num_labels)`` against the class whose label
-        word starts ``label_ids`` ``(n, seq)`` (first token that is not -100)."""
+        word starts ``label_ids`` ``(n, seq)`` (first token that is not -100); numpy arrays."""
+        import numpy as np
+
         label_ids = np.asarray(label_ids)
         first = (label_ids != IGNORE_INDEX).argmax(axis=-1)
         gold_tokens = label_ids[np.arange(len(label_ids)), first]

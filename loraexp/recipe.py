@@ -1,0 +1,435 @@
+"""One run as a recipe: data -> model -> adapter -> trainer -> train or restore -> evaluate
+-> save -> verify -> record (docs/design.md, "The run as a recipe").
+
+:func:`run_experiment` reads top to bottom; each stage is a short method of
+:class:`LoraRecipe`, which holds what the stages hand on. Every side effect (run files,
+tracker, training) happens inside the failure handling: a failing run is recorded in its
+``metrics.json`` and the caller goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from loraexp.errors import NonFiniteError, VerificationError
+from loraexp.record import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_FAILED_VERIFICATION,
+    FrozenBaseCheck,
+    GradFlowCheck,
+    MergeCheck,
+    Resolved,
+    RunRecord,
+    RunResult,
+    check_from_dict,
+)
+from loraexp.schema import ExperimentConfig
+from loraexp.storage import RunStore
+
+logger = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes", "wandb", "loraexp")
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, resume: bool = False,
+                   extra_callbacks: Sequence[Any] = ()) -> RunResult:
+    """Train, evaluate and verify one LoRA run; write its results under ``run_dir``.
+
+    Args:
+        resume: continue from the last complete Trainer checkpoint in ``run_dir/checkpoints``
+            (adapter, optimizer, scheduler and RNG state; needs ``training.save_strategy:
+            steps``); without one the run starts over. A checkpoint cut short by a kill is
+            skipped (:func:`~loraexp.checkpoints.last_complete_checkpoint`).
+        extra_callbacks: ``transformers.TrainerCallback`` objects added after loraexp's own.
+
+    Under ``accelerate launch`` every process trains (DDP); only rank 0 writes files, logs to
+    W&B and runs the merge check.
+
+    Returns:
+        The run's result and record. Never raises for a failing run: an exception is recorded with status
+        ``failed`` (or ``failed_verification`` for a broken invariant); a NaN/inf loss or
+        gradient stops training at that step, and the record holds ``failed_step`` and
+        ``last_checkpoint`` (the last good one, kept on disk).
+    """
+    recipe = LoraRecipe(cfg, run_dir, run_name, extra_callbacks)
+    started = time.time()
+    try:
+        recipe.start(resume)
+        recipe.load_data()
+        recipe.load_model()
+        recipe.attach_adapter()
+        recipe.build_trainer()
+        recipe.evaluate_base_model()
+        recipe.train_or_restore()
+        recipe.evaluate()
+        recipe.save_adapter()
+        recipe.verify_merge()
+        recipe.conclude()
+    except NonFiniteError as exc:
+        recipe.fail(STATUS_FAILED, str(exc), failed_step=exc.step)
+    except VerificationError as exc:
+        recipe.fail(STATUS_FAILED_VERIFICATION, str(exc))
+    except Exception as exc:  # a failing run is recorded and the sweep goes on
+        recipe.fail(STATUS_FAILED, f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
+    recipe.record.wall_seconds = time.time() - started
+    recipe.close()
+    return RunResult(run_name, recipe.store.run_dir, recipe.record.status, recipe.record)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on."""
+    out = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def load_base(cfg: ExperimentConfig, task_type: str, num_labels: int, quantized: bool = True):
+    """``(model, tokenizer)``: the base in ``cfg.model_dtype``, quantized per
+    ``cfg.quantization`` (and prepared for k-bit training) unless ``quantized`` is False.
+
+    Raises:
+        ModelError | ConfigError: see :func:`loraexp.models.load_model`.
+    """
+    from loraexp.models import load_model
+    from loraexp.quantization import DTYPE_BY_NAME, bnb_config, prepare_for_training
+
+    quantization = bnb_config(cfg.quantization) if quantized else None
+    model, tokenizer = load_model(cfg.model, task_type, num_labels, cfg.trust_remote_code,
+                                  dtype=DTYPE_BY_NAME[cfg.model_dtype], quantization_config=quantization)
+    if quantization is not None:
+        model = prepare_for_training(model, cfg.quantization)
+    return model, tokenizer
+
+
+def select(dataset, limit: int | None, seed: int | None = None):
+    """The first ``limit`` rows of ``dataset`` (shuffled with ``seed`` first, if given)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    if seed is not None:
+        dataset = dataset.shuffle(seed=seed)
+    return dataset.select(range(limit))
+
+
+class LoraRecipe:
+    """The stages of one run and the state they hand on (task, data, model, trainer,
+    verification callbacks). Constructing it has no side effect; :meth:`start` is the
+    first stage that writes."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, run_name: str,
+                 extra_callbacks: Sequence[Any] = ()):
+        from loraexp.distributed import is_main_process, world_size
+        from loraexp.tracking import NoOpTracker
+
+        self.cfg = cfg
+        self.main = is_main_process()
+        self.store = RunStore(run_dir, writable=self.main)
+        self.record = RunRecord(run_id=cfg.run_id, run_name=run_name, sweep=cfg.sweep.name, config=cfg.to_dict(),
+                                versions=package_versions(), world_size=world_size())
+        self.extra_callbacks = list(extra_callbacks)
+        self.tracker = NoOpTracker()
+        self.checkpoint: str | None = None
+        self.prior: dict[str, Any] = {}  # verification recorded with that checkpoint
+        self.callbacks: dict[str, Any] = {}
+
+    # -- stages --------------------------------------------------------------------------
+    def start(self, resume: bool) -> None:
+        """Find the checkpoint to resume from, write ``config.yaml`` and a ``running`` record,
+        start ``history.jsonl`` and the tracker."""
+        from loraexp.checkpoints import checkpoint_step, last_complete_checkpoint, read_verification
+        from loraexp.tracking import make_tracker
+
+        self.previous = self.store.read_record()
+        if resume:
+            self.checkpoint = last_complete_checkpoint(self.checkpoints_dir, remove_incomplete=self.main)
+            self.prior = read_verification(self.checkpoint) if self.checkpoint else {}
+        self.record.resumed_from = self.checkpoint
+        logger.debug("training run %s in process %d%s", self.record.run_name, os.getpid(),
+                     f", resuming from {self.checkpoint}" if self.checkpoint else "")
+        self.store.write_config(self.record.config)
+        self.store.write_record(self.record)
+        self.store.start_history(keep_until_step=checkpoint_step(self.checkpoint) if self.checkpoint else None)
+        cfg = self.cfg
+        self.tracker = make_tracker(cfg.tracking.wandb, project=cfg.tracking.project, entity=cfg.tracking.entity,
+                                    group=cfg.sweep.name or self.record.run_name, name=self.record.run_name,
+                                    config=self.record.config, directory=str(self.store.run_dir),
+                                    is_main_process=self.main)
+
+    def load_data(self) -> None:
+        """Seed, pick the task's form for the model, and load both splits (the training split
+        subsampled with ``data_seed``, the same examples for every run of a sweep)."""
+        from transformers import set_seed
+
+        from loraexp.models import load_model_config, model_task_type
+        from loraexp.tasks import get_task, task_type_for
+
+        cfg = self.cfg
+        set_seed(cfg.seed)
+        model_type = model_task_type(load_model_config(cfg.model, cfg.trust_remote_code))
+        self.task = get_task(cfg.task, task_type_for(cfg.task, model_type))
+        self.data_dir = cfg.resolved_data_dir()
+        self.train_split = select(self.task.load_split("train", self.data_dir), cfg.max_train_samples,
+                                  seed=cfg.data_seed)
+        self.eval_split = self.task.load_split("validation", self.data_dir)
+
+    def load_model(self) -> None:
+        """Load the base (quantized if asked) and tokenize both splits."""
+        cfg = self.cfg
+        self.model, self.tokenizer = load_base(cfg, self.task.task_type, self.task.num_labels)
+        self.train_data = self.task.tokenize(self.train_split, self.tokenizer, cfg.max_seq_length)
+        self.eval_data = select(self.task.tokenize(self.eval_split, self.tokenizer, cfg.max_seq_length),
+                                cfg.max_eval_samples)
+
+    def attach_adapter(self) -> None:
+        """Wrap the base with LoRA (seeded right before the factors are initialised) and
+        record the parameter report."""
+        from loraexp.analysis.params import parameter_report
+        from loraexp.models import attach_lora, resolve_model
+
+        cfg, task = self.cfg, self.task
+        self.peft_model, lora_config = attach_lora(self.model, cfg.lora, seed=cfg.seed, task_type=task.task_type)
+        self.training = self.training_settings()
+        self.record.resolved = Resolved(
+            model_path=resolve_model(cfg.model), model_type=self.model.config.model_type, objective=task.task_type,
+            target_modules=lora_config.target_modules, modules_to_save=sorted(set(lora_config.modules_to_save or [])),
+            data_dir=self.data_dir or f"hub:{task.hub_dataset}/{task.hub_config}",
+            train_examples=len(self.train_data), eval_examples=len(self.eval_data),
+            optim=self.training.get("optim", "adamw_torch"), device=str(self.peft_model.device))
+        self.record.efficiency = parameter_report(self.peft_model)
+        self.tracker.summary({f"efficiency/{k}": v for k, v in self.record.efficiency.items()
+                              if not isinstance(v, dict)})
+
+    def build_trainer(self) -> None:
+        """``transformers.Trainer`` with loraexp's verification and tracking callbacks."""
+        from transformers import Trainer, TrainingArguments
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        from loraexp import callbacks as cb
+
+        cfg, record = self.cfg, self.record
+        frozen = cb.FrozenBaseCallback()
+        grad_flow = cb.GradFlowCallback(cfg.verification.grad_flow_steps, prior=self.prior_grad_flow())
+        self.callbacks = {
+            "non_finite": cb.NonFiniteCallback(), "frozen": frozen, "grad_flow": grad_flow,
+            "checkpoint_record": cb.CheckpointRecordCallback(frozen, grad_flow),
+            "stats": cb.AdapterStatsCallback(self.log, every=cfg.tracking.stats_every_steps),
+            "efficiency": cb.EfficiencyCallback(), "history": cb.HistoryCallback(self.log),
+        }
+        args = TrainingArguments(output_dir=str(self.checkpoints_dir), seed=cfg.seed, report_to="none",
+                                 run_name=record.run_name, include_num_input_tokens_seen="non_padding",
+                                 **self.training)
+        self.trainer = Trainer(model=self.peft_model, args=args, train_dataset=self.train_data,
+                               eval_dataset=self.eval_data, data_collator=self.task.collator(self.tokenizer),
+                               callbacks=[*self.callbacks.values(), *self.extra_callbacks],
+                               **self.task.trainer_metrics(self.tokenizer))
+        for printer in (ProgressCallback, PrinterCallback):
+            if self.trainer.pop_callback(printer) and printer is ProgressCallback:
+                self.trainer.add_callback(cb.QuietProgressCallback())
+
+    def evaluate_base_model(self) -> None:
+        """Evaluate the base model (adapters disabled) before training, where that says
+        something (:attr:`~loraexp.tasks.base.Task.scores_base_model`); a resumed attempt
+        keeps the earlier attempt's figures."""
+        if not (self.task.scores_base_model and self.cfg.evaluation.base_model):
+            return
+        if self.checkpoint and self.previous and self.previous.base_eval:
+            self.record.base_eval = self.previous.base_eval
+            return
+        with self.peft_model.disable_adapter():
+            self.record.base_eval = self.evaluate_as("base")
+
+    def train_or_restore(self) -> None:
+        """``Trainer.train`` (from the checkpoint, if resuming), or -- when the checkpoint was
+        saved at the last optimizer step -- load its adapter instead: resuming there would
+        take one step past ``max_steps`` (transformers 5.23)."""
+        from loraexp.checkpoints import is_final
+
+        if self.checkpoint and is_final(self.checkpoint):
+            self.restore_final_checkpoint()
+        else:
+            self.trainer.train(resume_from_checkpoint=self.checkpoint)
+        from loraexp.quantization import weight_bytes
+
+        self.record.training_efficiency = {**self.callbacks["efficiency"].result, **weight_bytes(self.peft_model)}
+
+    def evaluate(self) -> None:
+        """Evaluate the trained model on the eval split."""
+        self.record.eval = self.evaluate_as("eval")
+
+    def save_adapter(self) -> None:
+        """``save_pretrained`` the adapter (safetensors) and record the final adapter
+        statistics and rank metrics."""
+        from loraexp.analysis.adapter_stats import aggregate_rank_metrics
+
+        if self.main:
+            self.peft_model.save_pretrained(str(self.store.adapter_dir))
+        final = self.callbacks["stats"].final
+        self.record.lora_rank = aggregate_rank_metrics(final)
+        self.record.adapter_statistics = final
+
+    def verify_merge(self) -> None:
+        """Merge-equivalence check on rank 0 (it consumes the PEFT model: the adapter was saved
+        above); a quantized base is merged into a full-precision reload. With
+        ``export_merged``, save the merged model once the check passed."""
+        from loraexp.analysis.merge import check_merge_equivalence, check_quantized_merge
+
+        if not self.main:
+            self.record.verification.merge = MergeCheck(passed=True, checked_on="rank 0")
+            return
+        v, task = self.cfg.verification, self.task
+        batches = self.eval_batches(v.merge_eval_batches, task.merge_check_rows)
+        if self.cfg.quantization.method == "none":
+            space = task.merge_space if v.merge_space == "auto" else v.merge_space
+            merged, result = check_merge_equivalence(self.peft_model, batches, atol=v.merge_atol,
+                                                     latency_repeats=v.latency_repeats, space=space)
+        else:
+            full_precision, _ = load_base(self.cfg, task.task_type, task.num_labels, quantized=False)
+            merged, result = check_quantized_merge(self.peft_model, full_precision.to(self.peft_model.device),
+                                                   self.store.adapter_dir, batches, atol=v.quantized_merge_atol,
+                                                   latency_repeats=v.latency_repeats)
+        self.record.verification.merge = result
+        if self.cfg.export_merged and result.passed:
+            merged.save_pretrained(str(self.store.run_dir / "merged"))
+            self.tokenizer.save_pretrained(str(self.store.run_dir / "merged"))
+            self.record.merged_dir = str(self.store.run_dir / "merged")
+
+    def conclude(self) -> None:
+        """``completed`` when every check passed, else ``failed_verification`` with the
+        reasons."""
+        self.collect_verification()
+        verification = self.record.verification
+        if verification.passed:
+            self.record.status = STATUS_COMPLETED
+        else:
+            self.record.status = STATUS_FAILED_VERIFICATION
+            self.record.error = "; ".join(verification.failure_reasons()) or "a verification check failed"
+
+    def fail(self, status: str, error: str, failed_step: int | None = None, trace: str | None = None) -> None:
+        """Record a run that stopped on an exception."""
+        from loraexp.checkpoints import last_complete_checkpoint
+
+        self.collect_verification()
+        self.record.status, self.record.error, self.record.traceback = status, error, trace
+        if failed_step is not None:
+            self.record.failed_step = failed_step
+            self.record.last_checkpoint = last_complete_checkpoint(self.checkpoints_dir, remove_incomplete=False)
+        if trace:
+            logger.error("run %s failed: %s", self.record.run_name, error)
+
+    def close(self) -> None:
+        """Write ``metrics.json`` and finish the tracker. Never raises: a full disk or a dead
+        W&B connection is logged, and the record returned to the caller still says what
+        happened."""
+        try:
+            self.store.write_record(self.record)
+        except OSError as exc:
+            logger.error("run %s: could not write %s: %s", self.record.run_name, self.store.metrics_path, exc)
+            self.record.status = STATUS_FAILED
+            self.record.error = f"{self.record.error or ''}; metrics.json not written: {exc}".lstrip("; ")
+        try:
+            self.tracker.summary(self.record.wandb_summary())
+            self.tracker.finish(exit_code=0 if self.record.status == STATUS_COMPLETED else 1)
+        except Exception as exc:  # the tracker's own failure must not end the sweep
+            logger.error("run %s: the tracker failed: %s", self.record.run_name, exc)
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.store.run_dir / "checkpoints"
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """One row of per-step metrics to ``history.jsonl`` and the tracker."""
+        self.store.append_history({"step": step, **metrics})
+        self.tracker.log(metrics, step=step)
+
+    def prior_grad_flow(self) -> GradFlowCheck | None:
+        """The gradient-flow check recorded with the checkpoint being resumed, if any."""
+        from loraexp.checkpoints import checkpoint_step
+
+        if not isinstance(self.prior.get("grad_flow"), dict):
+            return None
+        check = check_from_dict(GradFlowCheck, self.prior["grad_flow"])
+        if check.passed:
+            check.carried_from_checkpoint = checkpoint_step(self.checkpoint)
+        return check
+
+    def training_settings(self) -> dict[str, Any]:
+        """``cfg.training`` plus what loraexp adds unless the config sets it: the Trainer's
+        progress bar (``disable_tqdm: false``); the task's own defaults
+        (:meth:`~loraexp.tasks.base.Task.training_defaults`); paged 8-bit AdamW for a quantized
+        base on CUDA; ``use_cpu`` for DDP on CPU (else transformers runs each process alone)."""
+        import torch
+
+        from loraexp.distributed import needs_cpu_ddp
+        from loraexp.quantization import default_optimizer
+
+        training = {"disable_tqdm": False,  # the Trainer's bar; without this it follows transformers' log level
+                    **self.task.training_defaults(), **self.cfg.training}
+        optimizer = default_optimizer(self.cfg.quantization, torch.cuda.is_available())
+        if optimizer:
+            training.setdefault("optim", optimizer)
+        if needs_cpu_ddp():
+            training.setdefault("use_cpu", True)
+        return training
+
+    def evaluate_as(self, label: str) -> dict[str, Any]:
+        """``Trainer.evaluate`` metrics without the ``<label>_`` prefix, post-processed by the
+        task, plus its generation metrics (per-example records to ``generations_<label>.jsonl``)."""
+        metrics = self.trainer.evaluate(metric_key_prefix=label)
+        out = self.task.postprocess_metrics({k.removeprefix(f"{label}_"): v for k, v in metrics.items()})
+        generated = self.task.evaluate_generation(self.trainer.model, self.tokenizer, self.eval_split,
+                                                  self.cfg.evaluation)
+        if generated is not None:
+            scores, records = generated
+            out.update(scores)
+            self.store.write_jsonl(f"generations_{label}.jsonl", records)
+        return out
+
+    def eval_batches(self, count: int, max_rows: int | None) -> list[dict[str, Any]]:
+        """The first ``count`` eval batches without labels, each cut to ``max_rows`` rows."""
+        batches = []
+        for batch in self.trainer.get_eval_dataloader():
+            batches.append({k: v[:max_rows].to(self.peft_model.device) for k, v in batch.items() if k != "labels"})
+            if len(batches) == count:
+                break
+        return batches
+
+    def restore_final_checkpoint(self) -> None:
+        """Load the adapter (and trained head) of the checkpoint saved at the last optimizer
+        step into the PEFT model (``peft.set_peft_model_state_dict``) and take the frozen-base
+        result recorded with it.
+
+        Raises:
+            VerificationError: the checkpoint's adapter does not fit the model.
+        """
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from loraexp.checkpoints import checkpoint_step
+
+        weights = load_file(Path(self.checkpoint) / "adapter_model.safetensors")
+        loaded = set_peft_model_state_dict(self.peft_model, weights)
+        if loaded.unexpected_keys:
+            raise VerificationError(f"checkpoint {self.checkpoint} holds tensors the model lacks: "
+                                    f"{loaded.unexpected_keys[:3]}")
+        frozen = self.prior.get("frozen_base")
+        self.callbacks["frozen"].result = check_from_dict(FrozenBaseCheck, frozen) if isinstance(frozen, dict) else (
+            FrozenBaseCheck(passed=False, reason=f"checkpoint {self.checkpoint} has no verification record"))
+        self.callbacks["stats"].finish(checkpoint_step(self.checkpoint), self.peft_model)
+
+    def collect_verification(self) -> None:
+        """Take the frozen-base and gradient-flow results from their callbacks."""
+        if self.callbacks:
+            self.record.verification.frozen_base = self.callbacks["frozen"].result
+            self.record.verification.grad_flow = self.callbacks["grad_flow"].result

@@ -1,0 +1,244 @@
+"""The typed record of one run: what ``metrics.json`` holds (docs/results.md).
+
+Each section is a dataclass; the recipe fills them stage by stage, the store writes
+:meth:`RunRecord.to_dict` atomically, and the sweep summary and W&B summary keys are derived
+from the fields (:mod:`loraexp.summary`, :meth:`RunRecord.wandb_summary`). A check that could
+not be observed has ``passed = None`` and never counts as passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 2  # 1: the untyped record of loraexp <= 0.1 (flat verification keys)
+
+STATUS_COMPLETED = "completed"
+STATUS_FAILED = "failed"
+STATUS_FAILED_VERIFICATION = "failed_verification"
+STATUS_RUNNING = "running"
+STATUS_SKIPPED = "skipped"  # completed earlier; not run again
+STATUS_BUSY = "busy"  # being trained by another process right now; not run here
+
+
+@dataclass
+class FrozenBaseCheck:
+    """Frozen-base invariant (docs/design.md, "Frozen base"): no base parameter requires grad
+    or receives a gradient, and every base tensor is bit-identical at train end.
+
+    ``base_tensors``: count of base parameters; the lists name the offending tensors."""
+
+    passed: bool | None = None
+    base_tensors: int = 0
+    base_requires_grad: list[str] = field(default_factory=list)
+    base_with_grad: list[str] = field(default_factory=list)
+    changed_tensors: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+
+@dataclass
+class GradFlowCheck:
+    """LoRA gradient flow in the first optimizer steps (see
+    :class:`~loraexp.callbacks.grad_flow.GradFlowCallback`): gradient norms are L2 norms;
+    ``lora_A_verified_step`` is the optimizer step (of this attempt) by which every module's
+    ``lora_A`` had a non-zero gradient; ``carried_from_checkpoint`` the step of the checkpoint
+    whose passed check a resumed attempt carried forward."""
+
+    passed: bool | None = None
+    lora_B_min_grad_norm_step1: float | None = None
+    lora_A_min_grad_norm: float | None = None
+    lora_A_verified_step: int | None = None
+    carried_from_checkpoint: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class MergeCheck:
+    """Merge equivalence (:mod:`loraexp.analysis.merge`): max |Δ| between the adapter model
+    and ``merge_and_unload()`` in ``space`` (``logits`` | ``probs``) over the check's eval
+    batches, against ``atol``; latencies are seconds per batch. For a quantized base,
+    ``quantization_gap_max_abs_diff`` compares the 4-bit adapter model with its full-precision
+    reload (reported, not pass/fail)."""
+
+    passed: bool | None = None
+    space: str | None = None
+    max_abs_diff: float | None = None
+    max_abs_logit_diff: float | None = None
+    adapter_vs_base_max_abs_diff: float | None = None
+    atol: float | None = None
+    adapter_latency_s: float | None = None
+    merged_latency_s: float | None = None
+    quantization_gap_max_abs_diff: float | None = None
+    merged_into: str | None = None
+    checked_on: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Verification:
+    """The run-time checks of one run; :attr:`passed` only when every check passed."""
+
+    frozen_base: FrozenBaseCheck = field(default_factory=FrozenBaseCheck)
+    grad_flow: GradFlowCheck = field(default_factory=GradFlowCheck)
+    merge: MergeCheck = field(default_factory=MergeCheck)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed is True for check in (self.frozen_base, self.grad_flow, self.merge))
+
+    @property
+    def observed(self) -> bool:
+        """Whether any check ran (False for a run that failed before training)."""
+        return any(check.passed is not None for check in (self.frozen_base, self.grad_flow, self.merge))
+
+    def failure_reasons(self) -> list[str]:
+        """The recorded reason of every check that failed or could not be observed."""
+        return [c.reason for c in (self.frozen_base, self.grad_flow, self.merge) if c.reason and c.passed is not True]
+
+
+@dataclass
+class Resolved:
+    """What the config resolved to when the run started: model path, objective (a
+    ``peft.TaskType`` value), PEFT's target modules, data source and sizes (examples)."""
+
+    model_path: str = ""
+    model_type: str = ""
+    objective: str = ""
+    target_modules: Any = None
+    modules_to_save: list[str] = field(default_factory=list)
+    data_dir: str = ""
+    train_examples: int = 0
+    eval_examples: int = 0
+    optim: str = ""
+    device: str = ""
+
+
+@dataclass
+class RunRecord:
+    """Everything ``metrics.json`` says about one run (``schema_version`` 2).
+
+    ``efficiency``: :func:`~loraexp.analysis.params.parameter_report` (parameter counts);
+    ``training_efficiency``: :class:`~loraexp.callbacks.efficiency.EfficiencyCallback` figures
+    and weight bytes; ``eval``/``base_eval``: metrics of the trained / base model without
+    the ``eval_`` prefix; ``lora_rank``: means over modules of the rank metrics;
+    ``adapter_statistics``: per-module statistics at train end; ``wall_seconds``: the whole
+    run, seconds.
+    """
+
+    run_id: str
+    run_name: str
+    sweep: str | None
+    config: dict[str, Any]
+    versions: dict[str, str]
+    world_size: int = 1
+    status: str = STATUS_RUNNING
+    schema_version: int = SCHEMA_VERSION
+    resolved: Resolved | None = None
+    efficiency: dict[str, Any] = field(default_factory=dict)
+    training_efficiency: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    base_eval: dict[str, Any] | None = None
+    verification: Verification = field(default_factory=Verification)
+    lora_rank: dict[str, float] = field(default_factory=dict)
+    adapter_statistics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resumed_from: str | None = None
+    merged_dir: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    failed_step: int | None = None
+    last_checkpoint: str | None = None
+    wall_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of ``metrics.json`` (``verification.passed`` included)."""
+        out = dataclasses.asdict(self)
+        out["verification"]["passed"] = self.verification.passed
+        return {"schema_version": out.pop("schema_version"), "status": out.pop("status"), **out}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """Rebuild a record from :meth:`to_dict` output; keys this version does not know are
+        dropped (a record of schema 1 keeps its status, config and eval metrics).
+
+        Raises:
+            KeyError: ``run_name`` is missing.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs.setdefault("run_id", "")
+        kwargs.setdefault("sweep", None)
+        kwargs.setdefault("config", {})
+        kwargs.setdefault("versions", {})
+        kwargs["resolved"] = _build(Resolved, data.get("resolved")) if data.get("resolved") else None
+        ver = data.get("verification") or {}
+        if not isinstance(ver.get("merge"), dict):  # schema 1: one flat mapping of every check's figures
+            ver = {"frozen_base": _legacy(ver, "frozen_base"), "grad_flow": _legacy(ver, "grad_flow"),
+                   "merge": {**{k.removeprefix("merge_"): v for k, v in ver.items()},
+                             "passed": ver.get("merge_equivalence")}}
+        kwargs["verification"] = Verification(
+            frozen_base=check_from_dict(FrozenBaseCheck, ver.get("frozen_base")),
+            grad_flow=check_from_dict(GradFlowCheck, ver.get("grad_flow")),
+            merge=check_from_dict(MergeCheck, ver.get("merge")))
+        return cls(**kwargs)
+
+    def wandb_summary(self) -> dict[str, Any]:
+        """Flat W&B summary keys (docs/design.md, "Tracking"): ``status``, ``eval/<metric>``,
+        ``base_eval/<metric>``, ``verification/<check>/<field>``, ``verification/passed``,
+        ``training_efficiency/<figure>``, ``lora_rank/<metric>``."""
+        out: dict[str, Any] = {"status": self.status, "verification/passed": self.verification.passed}
+        for prefix, section in (("eval", self.eval), ("base_eval", self.base_eval or {}),
+                                ("training_efficiency", self.training_efficiency), ("lora_rank", self.lora_rank)):
+            out.update({f"{prefix}/{k}": v for k, v in section.items() if _scalar(v)})
+        for name in ("frozen_base", "grad_flow", "merge"):
+            check = dataclasses.asdict(getattr(self.verification, name))
+            out.update({f"verification/{name}/{k}": v for k, v in check.items() if _scalar(v)})
+        return out
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run: ``status`` is completed | failed | failed_verification | skipped
+    (completed earlier) | busy (being trained by another process); ``record`` what its
+    ``metrics.json`` holds (None when there is none)."""
+
+    run_name: str
+    run_dir: Path
+    status: str
+    record: RunRecord | None = None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The record as the JSON document of ``metrics.json`` (empty without a record)."""
+        return self.record.to_dict() if self.record else {}
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, bool, str))
+
+
+def _legacy(flat: dict[str, Any], name: str) -> dict[str, Any]:
+    """A check's mapping from a schema-1 flat verification mapping, whose ``<name>`` key held
+    the check's boolean."""
+    return {**flat, "passed": flat.get(name)} if isinstance(flat.get(name), bool) else dict(flat)
+
+
+def check_from_dict(cls: type, data: Any) -> Any:
+    """A check (``FrozenBaseCheck`` ...) from its mapping; a schema-1 mapping or checkpoint
+    record (``{"grad_flow": true, ...}``) keeps its result as ``passed``. None or a non-mapping
+    gives the unobserved default."""
+    if not isinstance(data, dict):
+        return cls()
+    legacy = {FrozenBaseCheck: "frozen_base", GradFlowCheck: "grad_flow"}.get(cls)
+    if legacy and "passed" not in data:
+        data = _legacy(data, legacy)
+    return _build(cls, data)
+
+
+def _build(cls: type, data: dict[str, Any] | None) -> Any:
+    """``cls(**data)`` keeping only the fields ``cls`` has (None or a non-dict gives the default)."""
+    if not isinstance(data, dict):
+        return cls()
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})

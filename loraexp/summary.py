@@ -1,0 +1,151 @@
+"""The sweep summary: one row per run, derived from each run's :class:`~loraexp.record.RunRecord`.
+
+``summary.csv`` and ``summary.md`` hold every column (:data:`COLUMNS`; a column no run has a
+value for is left out of the markdown); the console shows the key ones (:mod:`loraexp.console`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from loraexp.record import RunRecord
+from loraexp.storage import RunStore, atomic_write_text
+
+SUMMARY_LOCK = ".summary.lock"
+SUMMARY_LOCK_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Column:
+    """A summary column: its name and how a record gives its value (None: no value)."""
+
+    name: str
+    value: Callable[[RunRecord], Any]
+
+
+def _lora(r: RunRecord) -> dict[str, Any]:
+    return r.config.get("lora") or {}
+
+
+def _training(r: RunRecord) -> dict[str, Any]:
+    return r.config.get("training") or {}
+
+
+def _targets(r: RunRecord) -> str | None:
+    targets = _lora(r).get("target_modules")
+    return targets if isinstance(targets, str) or targets is None else "+".join(targets)
+
+
+def _quantization(r: RunRecord) -> str | None:
+    q = r.config.get("quantization") or {}
+    method = q.get("method", "none")
+    return None if method == "none" else method + ("+dq" if q.get("double_quant") else "")
+
+
+def _verification(r: RunRecord) -> str | None:
+    if r.verification.passed:
+        return "passed"
+    return "failed" if r.verification.observed else None
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("run_name", lambda r: r.run_name),
+    Column("status", lambda r: r.status),
+    Column("failed_step", lambda r: r.failed_step),
+    Column("r", lambda r: _lora(r).get("r")),
+    Column("lora_alpha", lambda r: _lora(r).get("lora_alpha")),
+    Column("target_modules", _targets),
+    Column("quantization", _quantization),
+    Column("learning_rate", lambda r: _training(r).get("learning_rate")),
+    Column("seed", lambda r: r.config.get("seed")),
+    Column("eval_accuracy", lambda r: r.eval.get("accuracy")),
+    Column("base_accuracy", lambda r: (r.base_eval or {}).get("accuracy")),
+    Column("eval_f1", lambda r: r.eval.get("f1")),
+    Column("eval_loss", lambda r: r.eval.get("loss") if "perplexity" in r.eval else None),
+    Column("eval_perplexity", lambda r: r.eval.get("perplexity")),
+    Column("base_perplexity", lambda r: (r.base_eval or {}).get("perplexity")),
+    Column("eval_exact_match", lambda r: r.eval.get("exact_match")),
+    Column("base_exact_match", lambda r: (r.base_eval or {}).get("exact_match")),
+    Column("lora_params", lambda r: r.efficiency.get("lora_params")),
+    Column("trainable_params", lambda r: r.efficiency.get("trainable_params")),
+    Column("trainable_pct", lambda r: r.efficiency.get("trainable_pct")),
+    Column("base_weight_bytes", lambda r: r.training_efficiency.get("base_weight_bytes")),
+    Column("peak_mem_bytes", lambda r: r.training_efficiency.get("peak_mem_bytes")),
+    Column("tokens_per_s", lambda r: r.training_efficiency.get("tokens_per_s")),
+    Column("mean_effective_rank", lambda r: r.lora_rank.get("mean_effective_rank")),
+    Column("mean_utilization", lambda r: r.lora_rank.get("mean_utilization")),
+    Column("merge_max_abs_diff", lambda r: r.verification.merge.max_abs_diff),
+    Column("quantization_gap", lambda r: r.verification.merge.quantization_gap_max_abs_diff),
+    Column("verification", _verification),
+    Column("train_seconds", lambda r: r.training_efficiency.get("train_seconds")),
+    Column("run_id", lambda r: r.run_id or None),
+    Column("error", lambda r: (r.error or "")[:120] or None),
+)
+COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+
+
+def summary_row(record: RunRecord) -> dict[str, Any]:
+    """Every column of :data:`COLUMNS` for one run."""
+    return {c.name: c.value(record) for c in COLUMNS}
+
+
+def missing_row(run_name: str) -> dict[str, Any]:
+    """The row of a run without a readable ``metrics.json``."""
+    return {**dict.fromkeys(COLUMN_NAMES), "run_name": run_name, "status": "missing"}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMN_NAMES) -> str:
+    """Markdown table of ``rows`` over ``columns`` (a column with no value in any row is
+    dropped)."""
+    kept = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
+    lines = ["| " + " | ".join(kept) + " |", "| " + " | ".join("---" for _ in kept) + " |"]
+    lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in kept) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def read_rows(sweep_dir: str | os.PathLike, run_names: list[str]) -> list[dict[str, Any]]:
+    """Summary rows of ``run_names``, read from each run's ``metrics.json``."""
+    rows = []
+    for name in run_names:
+        record = RunStore(Path(sweep_dir) / name).read_record()
+        rows.append(summary_row(record) if record else missing_row(name))
+    return rows
+
+
+def write_sweep_summary(sweep_dir: str | os.PathLike, run_names: list[str]) -> list[dict[str, Any]]:
+    """Write ``summary.csv`` and ``summary.md`` for ``run_names`` (runs without a readable
+    ``metrics.json`` are listed as ``missing``); returns the rows.
+
+    Holds ``<sweep_dir>/.summary.lock`` while reading and writing, so processes sharing the
+    sweep directory (workers, trials) write one after the other, each from the latest files.
+
+    Raises:
+        filelock.Timeout: the lock was held for more than ``SUMMARY_LOCK_TIMEOUT_S`` seconds.
+    """
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(sweep_dir / SUMMARY_LOCK, timeout=SUMMARY_LOCK_TIMEOUT_S):
+        rows = read_rows(sweep_dir, run_names)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMN_NAMES)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
+        atomic_write_text(sweep_dir / "summary.md", render_markdown(rows))
+    return rows

@@ -1,0 +1,109 @@
+"""The task interface every task family implements, and what they share.
+
+A task knows where its data lives (the Hub, or a local directory in the layout of
+``shared/data``), how to check and tokenize it, how to batch it, and how to score a model on
+it. Its objective is a :class:`peft.TaskType` value (``task_type``): ``SEQ_CLS`` for a
+classification head, ``CAUSAL_LM`` for next-token prediction. The recipe
+(:mod:`loraexp.recipe`) talks to tasks through :class:`Task` only, so a new family (extractive
+QA, ``QUESTION_ANS``) is a new implementation of this protocol, not a new branch in the recipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from loraexp.errors import DataError
+
+SPLITS = ("train", "validation")
+
+
+@runtime_checkable
+class Task(Protocol):
+    """One task in one form.
+
+    Attributes:
+        name: registry name (``sst2``).
+        task_type: the objective as a ``peft.TaskType`` value (``SEQ_CLS`` | ``CAUSAL_LM``);
+            it picks the ``AutoModelFor...`` class and PEFT's task type.
+        num_labels: classes of a classification head; 0 when the model has no head to build.
+        local_files: split -> path relative to the data directory.
+        hub_dataset, hub_config: ``datasets.load_dataset(hub_dataset, hub_config)``.
+        scores_base_model: whether evaluating the base model before training says something
+            (a causal LM's zero-shot loss or accuracy; not a randomly initialised head).
+        merge_space: where the merge check compares outputs: ``logits`` or ``probs``.
+        merge_check_rows: rows of each eval batch the merge check uses (None: all); a causal
+            LM's ``(batch, seq, vocab)`` logits are large.
+    """
+
+    name: str
+    task_type: str
+    num_labels: int
+    local_files: dict[str, str]
+    hub_dataset: str
+    hub_config: str | None
+    scores_base_model: bool
+    merge_space: str
+    merge_check_rows: int | None
+
+    def check_data(self, data_dir: str | Path | None) -> None:
+        """Fail before any training if a local file is missing, unreadable, lacks columns or
+        has no rows (both splits are read once). No-op for the Hub.
+
+        Raises:
+            DataError: naming the file and what is wrong with it.
+        """
+
+    def load_split(self, split: str, data_dir: str | Path | None):
+        """``datasets.Dataset`` of raw rows of ``split`` (``train`` | ``validation``)."""
+
+    def tokenize(self, dataset, tokenizer, max_length: int):
+        """Dataset of model inputs (``input_ids``, ``attention_mask``, ``labels``), at most
+        ``max_length`` tokens per row."""
+
+    def collator(self, tokenizer):
+        """The Trainer's ``data_collator`` (pads per batch)."""
+
+    def trainer_metrics(self, tokenizer) -> dict[str, Any]:
+        """Keyword arguments for ``Trainer``: ``compute_metrics`` and, if needed,
+        ``preprocess_logits_for_metrics``; empty for loss-only evaluation."""
+
+    def training_defaults(self) -> dict[str, Any]:
+        """``TrainingArguments`` fields this task needs unless the config sets them."""
+
+    def postprocess_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Metrics of ``Trainer.evaluate`` (without prefix) with derived ones added (a causal
+        LM's ``perplexity``)."""
+
+    def evaluate_generation(self, model, tokenizer, dataset, evaluation) -> tuple[dict[str, Any], list[dict]] | None:
+        """Metrics from generated text and one record per example, for tasks scored by
+        generation (GSM8K); None for the others. ``evaluation`` is the config's
+        :class:`~loraexp.schema.EvaluationConfig`."""
+
+
+def require_file(data_dir: str | Path, relative: str, what: str) -> Path:
+    """``data_dir / relative``, checked to exist.
+
+    Raises:
+        DataError: the data directory or the file does not exist (naming ``what``).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"`data_dir` {str(root)!r} is not a directory; it must hold the task files "
+                        f"(e.g. {relative})")
+    path = root / relative
+    if not path.is_file():
+        raise DataError(f"`data_dir` {str(root)!r} has no {what} file: expected {relative!r}")
+    return path
+
+
+def check_files_exist(task: Task, data_dir: str | Path | None) -> None:
+    """Cheap part of :meth:`Task.check_data`: every local file of ``task`` exists (no file is
+    read). No-op for the Hub.
+
+    Raises:
+        DataError: see :func:`require_file`.
+    """
+    if data_dir is not None:
+        for split in SPLITS:
+            require_file(data_dir, task.local_files[split], f"{task.name} {split}")
