@@ -110,3 +110,30 @@ def test_a_run_directory_with_another_config_is_never_overwritten(tiny_bert_dir,
     with pytest.raises(ConfigError, match="holds a different config"):
         run_sweep(changed, progress=False)
     assert (run.run_dir / "metrics.json").read_bytes() == before
+
+
+def _unreachable_wandb(**kwargs):
+    raise RuntimeError("wandb: network unreachable")
+
+
+@pytest.mark.parametrize("fault", ["tracker", "disk"])
+def test_a_failing_tracker_or_disk_fails_that_run_and_the_sweep_goes_on(tiny_bert_dir, tiny_sst2_dir, tmp_path,
+                                                                        monkeypatch, fault):
+    import sys
+    from types import SimpleNamespace
+
+    overrides = {"sweep.mode": "ablation", "sweep.ablation_type": "rank", "sweep.ranks": [2, 4]}
+    if fault == "tracker":  # W&B's init raises, as it does after its retries without a network
+        monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=_unreachable_wandb))
+        overrides["tracking.wandb"] = "offline"
+    cfg = config(tiny_bert_dir, tiny_sst2_dir, tmp_path, **overrides)
+    first = tmp_path / "sst2-ablation-rank" / "sst2-tiny-bert0-r2-a4-standard-lr1e-2-s42"
+    if fault == "disk":  # the first run's config.yaml cannot be written
+        (first / "config.yaml").mkdir(parents=True)
+    result = run_sweep(cfg, progress=False)
+    statuses = [r.status for r in result.runs]
+    assert statuses == (["failed", "failed"] if fault == "tracker" else ["failed", "completed"])
+    saved = json.loads((first / "metrics.json").read_text())
+    assert saved["status"] == "failed"  # recorded, not left `running`
+    assert ("network unreachable" if fault == "tracker" else "IsADirectoryError") in saved["error"]
+    assert (result.sweep_dir / "summary.csv").is_file()
