@@ -142,8 +142,11 @@ def _validate_sweep(cfg: ExperimentConfig) -> list[str]:
                         f"got {s.quantizations!r}")
     if not s.alphas or not all(_positive_number(x) for x in s.alphas):
         problems.append(f"`sweep.alphas` must be a non-empty list of numbers > 0, got {s.alphas!r}")
-    if not all(_positive_int(x) for x in s.ranks):
-        problems.append(f"`sweep.ranks` must be a list of positive ints, got {s.ranks!r}")
+    if not s.ranks or not all(_positive_int(x) for x in s.ranks):
+        problems.append(f"`sweep.ranks` must be a non-empty list of positive ints, got {s.ranks!r}")
+    for name in ("presets", "learning_rates", "seeds"):  # an empty axis would expand to zero runs
+        if not getattr(s, name):
+            problems.append(f"`sweep.{name}` must be a non-empty list, got []")
     if s.backend == "optuna" and not s.storage:
         problems.append("`sweep.storage` must name an Optuna storage (a journal file path or a database URL) "
                         "when `sweep.backend` is optuna, got None")

@@ -133,6 +133,9 @@ CASES = [
     ("target-modules-match-nothing", "main", lambda e, mp: ["--set", "lora.target_modules=[nope]"],
      ["`lora.target_modules` ['nope'] matches no module of the model; its Linear modules are: "
       "bert.encoder.layer.*.attention.self.query"]),
+    ("empty-sweep-axis", "main",
+     lambda e, mp: ["--mode", "ablation", "--ablation-type", "rank", "--set", "sweep.ranks=[]"],
+     ["`sweep.ranks` must be a non-empty list of positive ints, got []"]),
     ("grid-key-not-a-field", "main",
      lambda e, mp: ["--mode", "ablation", "--ablation-type", "grid", "--set", "sweep.grid={rank: [4, 8]}"],
      ["`sweep.grid` key 'rank' is not a config field"]),

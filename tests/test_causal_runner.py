@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from loraexp import generate_cli
 from loraexp.config import build_config
-from loraexp.record import STATUS_COMPLETED, STATUS_FAILED
 from loraexp.recipe import run_experiment
+from loraexp.record import STATUS_COMPLETED, STATUS_FAILED
 from loraexp.runner import run_sweep
 
 

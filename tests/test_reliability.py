@@ -17,7 +17,6 @@ import pytest
 import torch
 from filelock import FileLock
 from safetensors.torch import load_file
-
 from transformers import TrainerCallback
 
 from loraexp.checkpoints import is_complete, last_complete_checkpoint

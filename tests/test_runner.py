@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
-
 from transformers import TrainerCallback
 
 from loraexp.config import build_config

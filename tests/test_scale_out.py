@@ -15,8 +15,8 @@ import yaml
 
 from loraexp.config import build_config
 from loraexp.scale_out.grid import POINT, grid_parameters, overrides_from_params
-from loraexp.sweep import expand, overrides_for
 from loraexp.scale_out.trial_cli import parse_overrides
+from loraexp.sweep import expand, overrides_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--set", "training.per_device_train_batch_size=8", "--set", "verification.latency_repeats=1",
