@@ -54,8 +54,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
     W&B and runs the merge check.
 
     Returns:
-        The run's result and record. Never raises for a failing run: an exception is recorded with status
-        ``failed`` (or ``failed_verification`` for a broken invariant); a NaN/inf loss or
+        The run's result and record. Never raises for a failing run: an exception is recorded
+        with status ``failed`` (or ``failed_verification`` for a broken invariant); a NaN/inf loss or
         gradient stops training at that step, and the record holds ``failed_step`` and
         ``last_checkpoint`` (the last good one, kept on disk).
     """
@@ -254,13 +254,12 @@ class LoraRecipe:
         saved at the last optimizer step -- load its adapter instead: resuming there would
         take one step past ``max_steps`` (transformers 5.23)."""
         from loraexp.checkpoints import is_final
+        from loraexp.quantization import weight_bytes
 
         if self.checkpoint and is_final(self.checkpoint):
             self.restore_final_checkpoint()
         else:
             self.trainer.train(resume_from_checkpoint=self.checkpoint)
-        from loraexp.quantization import weight_bytes
-
         self.record.training_efficiency = {**self.callbacks["efficiency"].result, **weight_bytes(self.peft_model)}
 
     def evaluate(self) -> None:
