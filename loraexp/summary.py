@@ -110,10 +110,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMN_NAMES) -> str:
-    """Markdown table of ``rows`` over ``columns`` (a column with no value in any row is
-    dropped)."""
-    kept = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
+def render_markdown(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of ``rows`` (a column with no value in any row is dropped)."""
+    kept = [c for c in COLUMN_NAMES if any(r.get(c) not in (None, "") for r in rows)]
     lines = ["| " + " | ".join(kept) + " |", "| " + " | ".join("---" for _ in kept) + " |"]
     lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in kept) + " |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -22,9 +22,9 @@ from loraexp.tasks.sst2_verbalizer import SST2_VERBALIZER
 SEQ_CLS = "SEQ_CLS"
 CAUSAL_LM = "CAUSAL_LM"
 
-FORMS: dict[str, dict[str, Task]] = {}
-for _task in (SST2, MRPC, RTE, SST2_VERBALIZER, SHAKESPEARE, LIMA, GSM8K):
-    FORMS.setdefault(_task.name, {})[_task.task_type] = _task
+ALL_FORMS: tuple[Task, ...] = (SST2, MRPC, RTE, SST2_VERBALIZER, SHAKESPEARE, LIMA, GSM8K)
+FORMS: dict[str, dict[str, Task]] = {
+    name: {t.task_type: t for t in ALL_FORMS if t.name == name} for name in {t.name for t in ALL_FORMS}}
 TASK_NAMES = tuple(sorted(FORMS))
 
 # The eval metric a task is judged by (Optuna / W&B objective, the console's main column).

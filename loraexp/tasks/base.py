@@ -11,14 +11,13 @@ QA, ``QUESTION_ANS``) is a new implementation of this protocol, not a new branch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from loraexp.errors import DataError
 
 SPLITS = ("train", "validation")
 
 
-@runtime_checkable
 class Task(Protocol):
     """One task in one form.
 
