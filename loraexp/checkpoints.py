@@ -21,7 +21,9 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Written by loraexp into each checkpoint (on_save): the verification state at that step.
 VERIFICATION_FILE = "loraexp_verification.json"
 # Written by Trainer._save_checkpoint; trainer_state.json comes last.
-REQUIRED_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+REQUIRED_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+# The weights: a LoRA run's adapter, or full fine-tuning's whole model.
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -37,10 +39,12 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def is_complete(path: str | Path) -> bool:
-    """True when every file of :data:`REQUIRED_FILES` and an RNG state exist and
-    ``trainer_state.json`` parses and names the directory's step."""
+    """True when every file of :data:`REQUIRED_FILES`, one of :data:`WEIGHT_FILES` and an RNG
+    state exist and ``trainer_state.json`` parses and names the directory's step."""
     path = Path(path)
     if not all((path / name).is_file() for name in REQUIRED_FILES):
+        return False
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
         return False
     if not any(path.glob("rng_state*.pth")):
         return False

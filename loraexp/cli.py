@@ -44,9 +44,24 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def _scalar_type(hint: Any) -> type:
+def _scalar_type(hint: Any) -> Any:
+    """The argparse ``type`` of a flag: the hint without None; a list becomes comma-separated
+    values of its element type (``--seeds 42,1337,2024``)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    hint = args[0] if args and typing.get_origin(hint) is not list else hint
+    if typing.get_origin(hint) is list:
+        element = typing.get_args(hint)[0]
+
+        def comma_separated(text: str) -> list:
+            try:
+                return [element(part) for part in text.split(",")]
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected comma-separated {element.__name__} values, e.g. 42,1337,2024, got {text!r}") from None
+
+        comma_separated.__name__ = f"comma-separated {element.__name__} list"
+        return comma_separated
+    return hint
 
 
 def _metavar(flag: str, f: dataclasses.Field) -> str | None:

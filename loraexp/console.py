@@ -137,4 +137,51 @@ def print_summary(result, file: IO[str] | None = None) -> None:
     console.print(table)
     if best is not None:
         console.print(f"* best {result.metric} ({result.direction})")
-    console.print(f"Every column: {result.sweep_dir / 'summary.md'} and summary.csv")
+    comparison = getattr(result, "comparison", None)
+    if comparison is not None and (comparison.baseline or any(c.completed > 1 for c in comparison.configurations)):
+        console.print(configurations_table(comparison))
+        for line in comparison.verdict_lines():
+            console.print(line)
+    console.print(f"Every column: {result.sweep_dir / 'summary.md'} and summary.csv"
+                  + (", configurations.csv" if comparison is not None else ""))
+
+
+def short_names(names: list[str]) -> list[str]:
+    """``names`` without the ``-``-separated parts they all start with (the task and model):
+    ``sst2-minilm-r8-a16-standard-lr2e-3`` -> ``r8-a16-standard-lr2e-3``."""
+    parts = [n.split("-") for n in names]
+    common = 0
+    while len(names) > 1 and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+        common += 1
+    return ["-".join(p[common:]) for p in parts]
+
+
+def configurations_table(comparison):
+    """Rich table of a :class:`~loraexp.comparison.Comparison`: per configuration the seeds,
+    the main metric's mean ± std and seed CI, the difference to the baseline with its bootstrap
+    CI and the verdict, trainable parameters, train time, and Pareto marks."""
+    from rich.table import Table
+
+    s = comparison.settings
+    m = s.metric
+    table = Table(title=f"configurations ({m}; {s.confidence:.0%} intervals)", title_justify="left",
+                  header_style="bold")
+    headers = ["configuration", "seeds", f"{m} mean ± std", "CI over seeds"]
+    if comparison.baseline:
+        headers += ["Δ vs baseline [CI]", "within max drop"]
+    headers += ["trainable", "train s", "Pareto"]
+    for h in headers:
+        table.add_column(h, no_wrap=True, justify="left" if h == "configuration" else "right")
+    names = short_names([c.name for c in comparison.configurations])
+    for c, name in zip(comparison.configurations, names):
+        iv, d = c.intervals.get(m), c.differences.get(m)
+        cells = [name + (" (baseline)" if c.is_baseline else ""), str(c.completed),
+                 f"{iv.mean:.4f} ± {iv.std:.4f}" if iv and iv.std is not None else (f"{iv.mean:.4f}" if iv else ""),
+                 f"[{iv.low:.4f}, {iv.high:.4f}]" if iv and iv.low is not None else ""]
+        if comparison.baseline:
+            cells += [f"{d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" if d else "", c.verdicts.get(m, "")]
+        marks = "/".join(name for name, flag in (("params", c.pareto_params), ("time", c.pareto_time)) if flag)
+        cells += [f"{c.trainable_params:,.0f}" if c.trainable_params == c.trainable_params else "",
+                  f"{c.train_seconds:.0f}" if c.train_seconds == c.train_seconds else "", marks]
+        table.add_row(*cells)
+    return table

@@ -67,6 +67,9 @@ def load_run(run_dir: str | Path, quantized: bool = False):
                           "(<output_dir>/<sweep>/<run>)")
     adapter = run_dir / "adapter"
     if not adapter.is_dir():
+        if (read_yaml(run_dir / "config.yaml") or {}).get("method") == "full":
+            raise ConfigError(f"`--run` {str(run_dir)!r} is a full fine-tuning run, which saves no adapter; run it "
+                              "with --export-merged and load the model saved in <run>/merged")
         raise ConfigError(f"`--run` {str(run_dir)!r} has no adapter/ directory: the run did not finish")
     check_adapter_dir(adapter, "--run adapter")
     cfg = build_config(read_yaml(run_dir / "config.yaml"))

@@ -47,6 +47,17 @@ def _check_quantization(cfg: ExperimentConfig) -> None:
     check_backend(cfg.quantization, "cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _check_method_device(cfg: ExperimentConfig) -> None:
+    """A method that needs a device this machine lacks (LoftQ: CUDA)."""
+    import torch
+
+    from loraexp.methods import check_method_device
+
+    problem = check_method_device(cfg.method, torch.cuda.is_available())
+    if problem:
+        raise ConfigError(problem)
+
+
 def _check_wandb_login(cfg: ExperimentConfig) -> None:
     """W&B online needs a key: ``$WANDB_API_KEY``, or the ``~/.netrc`` entry that ``wandb
     login`` writes for the W&B host (``$WANDB_BASE_URL``, default api.wandb.ai)."""
@@ -115,6 +126,10 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
         key = (cfg.model, task_type, repr(cfg.lora["target_modules"]))
         if key not in checked:
             _check_targets(model_configs[cfg.model], task_type, task.num_labels, cfg.lora["target_modules"])
+            checked.add(key)
+        key = ("method", cfg.method)
+        if key not in checked:
+            _check_method_device(cfg)
             checked.add(key)
         key = (repr(cfg.quantization), cfg.tracking.wandb)
         if key not in checked:

@@ -26,6 +26,7 @@ from loraexp.record import (
     FrozenBaseCheck,
     GradFlowCheck,
     MergeCheck,
+    ReloadCheck,
     Resolved,
     RunRecord,
     RunResult,
@@ -142,6 +143,8 @@ class LoraRecipe:
         self.checkpoint: str | None = None
         self.prior: dict[str, Any] = {}  # verification recorded with that checkpoint
         self.callbacks: dict[str, Any] = {}
+        self.initial: dict[str, Any] = {}  # initial factors / DoRA magnitudes (adapter_stats.initial_state)
+        self.reference_logits = None  # the evaluated model's outputs on the check batches
 
     # -- stages --------------------------------------------------------------------------
     def start(self, resume: bool) -> None:
@@ -192,23 +195,89 @@ class LoraRecipe:
                                 cfg.max_eval_samples)
 
     def attach_adapter(self) -> None:
-        """Wrap the base with LoRA (seeded right before the factors are initialised) and
-        record the parameter report."""
+        """Wrap the base with the method's LoRA adapter (seeded right before the factors are
+        initialised; docs/methods.md), or, for full fine-tuning, train the model itself; record
+        the parameter report and which checks apply."""
         from loraexp.analysis.params import parameter_report
+        from loraexp.methods import init_name, is_lora, lora_fields
         from loraexp.models import attach_lora, resolve_model
 
         cfg, task = self.cfg, self.task
-        self.peft_model, lora_config = attach_lora(self.model, cfg.lora, seed=cfg.seed, task_type=task.task_type)
+        lora_config = None
+        if is_lora(cfg.method):
+            lora = lora_fields(cfg.method, cfg.lora, cfg.method_options)
+            self.tuned_model, lora_config = attach_lora(self.model, lora, seed=cfg.seed, task_type=task.task_type)
+            self.initialise_adapter(lora_config)
+        else:
+            self.tuned_model = self.model.requires_grad_(True)
         self.training = self.training_settings()
         self.record.resolved = Resolved(
             model_path=resolve_model(cfg.model), model_type=self.model.config.model_type, objective=task.task_type,
-            target_modules=lora_config.target_modules, modules_to_save=sorted(set(lora_config.modules_to_save or [])),
+            target_modules=lora_config.target_modules if lora_config else None,
+            modules_to_save=sorted(set(lora_config.modules_to_save or [])) if lora_config else [],
             data_dir=self.data_dir or f"hub:{task.hub_dataset}/{task.hub_config}",
             train_examples=len(self.train_data), eval_examples=len(self.eval_data),
-            optim=self.training.get("optim", "adamw_torch"), device=str(self.peft_model.device))
-        self.record.efficiency = parameter_report(self.peft_model)
+            optim=("peft create_loraplus_optimizer (torch AdamW)" if cfg.method == "lora-plus"
+                   else self.training.get("optim", "adamw_torch")),
+            device=str(self.tuned_model.device), method=cfg.method,
+            init_lora_weights=init_name(lora_config.init_lora_weights) if lora_config else None,
+            learning_rate=self.training["learning_rate"])
+        self.record.verification.not_applicable = self.not_applicable_checks()
+        self.record.efficiency = parameter_report(self.tuned_model)
         self.tracker.summary({f"efficiency/{k}": v for k, v in self.record.efficiency.items()
                               if not isinstance(v, dict)})
+
+    def initialise_adapter(self, lora_config) -> None:
+        """What an initialisation needs after ``get_peft_model``: EVA's data-driven lora_A
+        (``peft.initialize_lora_eva_weights`` on ``method_options.eva_batches`` training
+        batches); for an initialisation that rewrites the base (PiSSA, OLoRA, CorDA), the
+        initial adapter saved for PEFT's conversion at save time; the initial factors (ΔW
+        against the original base) and DoRA magnitudes kept for the rank analysis."""
+        from loraexp.analysis.adapter_stats import initial_state
+        from loraexp.methods import convertible, init_name, rewrites_base
+
+        init = lora_config.init_lora_weights
+        if init_name(init) == "eva":
+            self.initialise_eva()
+        if convertible(init) and self.main:
+            config = self.tuned_model.peft_config["default"]
+            config.init_lora_weights = True  # PEFT's recipe: save the initial adapter as a plain LoRA adapter
+            try:
+                self.tuned_model.save_pretrained(str(self.initial_adapter_dir))
+            finally:
+                config.init_lora_weights = init
+        self.initial = initial_state(self.tuned_model, factors=rewrites_base(init))
+
+    def initialise_eva(self) -> None:
+        """EVA: lora_A from the SVD of the target layers' input activations."""
+        from peft import initialize_lora_eva_weights
+        from torch.utils.data import DataLoader
+
+        batches = []
+        loader = DataLoader(self.train_data, batch_size=self.cfg.training.get("per_device_train_batch_size", 8),
+                            collate_fn=self.task.collator(self.tokenizer))
+        for batch in loader:
+            batches.append({k: v.to(self.tuned_model.device) for k, v in batch.items() if k != "labels"})
+            if len(batches) == self.cfg.method_options.eva_batches:
+                break
+        initialize_lora_eva_weights(self.tuned_model, batches, show_progress_bar=False)
+
+    def not_applicable_checks(self) -> dict[str, str]:
+        """Check name -> why it does not apply to this run (:attr:`~loraexp.record.Verification.not_applicable`)."""
+        from loraexp.methods import convertible, init_name, is_lora, rewrites_base
+
+        if not is_lora(self.cfg.method):
+            return {"frozen_base": "full fine-tuning trains every weight", "grad_flow": "no LoRA factors",
+                    "merge": "no adapter to merge", "reload": "no adapter: the trained weights are the model"}
+        out = {"full_training": "LoRA run: the base is frozen"}
+        init = self.tuned_model.peft_config["default"].init_lora_weights
+        if self.cfg.quantization.method != "none":
+            out["reload"] = ("quantized base: the merge check loads the saved adapter onto a full-precision reload "
+                             "of the base")
+        elif rewrites_base(init) and not convertible(init):
+            out["reload"] = (f"{init_name(init)} adapters apply to the base their initialisation rewrote; PEFT "
+                             "converts only pissa, olora and corda adapters back to the original base")
+        return out
 
     def build_trainer(self) -> None:
         """``transformers.Trainer`` with loraexp's verification and tracking callbacks."""
@@ -216,22 +285,33 @@ class LoraRecipe:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         from loraexp import callbacks as cb
+        from loraexp.methods import is_lora, loraplus_optimizer
 
         cfg, record = self.cfg, self.record
-        frozen = cb.FrozenBaseCallback()
-        grad_flow = cb.GradFlowCallback(cfg.verification.grad_flow_steps, prior=self.prior_grad_flow())
-        self.callbacks = {
-            "non_finite": cb.NonFiniteCallback(), "frozen": frozen, "grad_flow": grad_flow,
-            "checkpoint_record": cb.CheckpointRecordCallback(frozen, grad_flow),
-            "stats": cb.AdapterStatsCallback(self.log, every=cfg.tracking.stats_every_steps),
-            "efficiency": cb.EfficiencyCallback(), "history": cb.HistoryCallback(self.log),
-        }
+        self.callbacks = {"non_finite": cb.NonFiniteCallback()}
+        if is_lora(cfg.method):
+            frozen = cb.FrozenBaseCallback(reference=self.frozen_reference())
+            grad_flow = cb.GradFlowCallback(cfg.verification.grad_flow_steps, prior=self.prior_grad_flow(),
+                                            init=record.resolved.init_lora_weights)
+            self.callbacks.update({
+                "frozen": frozen, "grad_flow": grad_flow,
+                "checkpoint_record": cb.CheckpointRecordCallback({"frozen_base": frozen.state_now,
+                                                                  "grad_flow": lambda model: grad_flow.result}),
+                "stats": cb.AdapterStatsCallback(self.log, every=cfg.tracking.stats_every_steps, initial=self.initial)})
+        else:
+            full = cb.FullTrainingCallback(cfg.verification.grad_flow_steps, prior=self.prior.get("full_training"))
+            self.callbacks.update({"full_training": full,
+                                   "checkpoint_record": cb.CheckpointRecordCallback({"full_training": full.state_now})})
+        self.callbacks.update({"efficiency": cb.EfficiencyCallback(), "history": cb.HistoryCallback(self.log)})
+        optimizer = (loraplus_optimizer(self.tuned_model, self.training, cfg.method_options)
+                     if cfg.method == "lora-plus" else None)
         args = TrainingArguments(output_dir=str(self.checkpoints_dir), seed=cfg.seed, report_to="none",
                                  run_name=record.run_name, include_num_input_tokens_seen="non_padding",
                                  **self.training)
-        self.trainer = Trainer(model=self.peft_model, args=args, train_dataset=self.train_data,
+        self.trainer = Trainer(model=self.tuned_model, args=args, train_dataset=self.train_data,
                                eval_dataset=self.eval_data, data_collator=self.task.collator(self.tokenizer),
                                callbacks=[*self.callbacks.values(), *self.extra_callbacks],
+                               optimizers=(optimizer, None),
                                **self.task.trainer_metrics(self.tokenizer))
         for printer in (ProgressCallback, PrinterCallback):
             if self.trainer.pop_callback(printer) and printer is ProgressCallback:
@@ -246,7 +326,7 @@ class LoraRecipe:
         if self.checkpoint and self.previous and self.previous.base_eval:
             self.record.base_eval = self.previous.base_eval
             return
-        with self.peft_model.disable_adapter():
+        with self.base_model_view():
             self.record.base_eval = self.evaluate_as("base")
 
     def train_or_restore(self) -> None:
@@ -260,48 +340,71 @@ class LoraRecipe:
             self.restore_final_checkpoint()
         else:
             self.trainer.train(resume_from_checkpoint=self.checkpoint)
-        self.record.training_efficiency = {**self.callbacks["efficiency"].result, **weight_bytes(self.peft_model)}
+        self.record.training_efficiency = {**self.callbacks["efficiency"].result, **weight_bytes(self.tuned_model)}
 
     def evaluate(self) -> None:
-        """Evaluate the trained model on the eval split."""
-        self.record.eval = self.evaluate_as("eval")
+        """Evaluate the trained model on the eval split, keeping its per-example scores in
+        ``predictions.npz`` (:mod:`loraexp.statistics`)."""
+        self.record.eval = self.evaluate_as("eval", keep_examples=True)
 
     def save_adapter(self) -> None:
-        """``save_pretrained`` the adapter (safetensors) and record the final adapter
-        statistics and rank metrics."""
+        """``save_pretrained`` the adapter (safetensors; an initialisation that rewrote the base
+        is converted by PEFT to apply to the original base) and record the final adapter
+        statistics and rank metrics. Full fine-tuning saves the model only with
+        ``export_merged`` (to ``<run>/merged``)."""
         from loraexp.analysis.adapter_stats import aggregate_rank_metrics
+        from loraexp.methods import is_lora
 
+        if not is_lora(self.cfg.method):
+            if self.cfg.export_merged and self.main:
+                self.save_model(self.tuned_model)
+            return
         if self.main:
-            self.peft_model.save_pretrained(str(self.store.adapter_dir))
+            if "reload" not in self.record.verification.not_applicable:
+                self.capture_reference_outputs()
+            if self.initial_adapter_dir.is_dir():
+                self.save_converted_adapter()
+            else:
+                self.tuned_model.save_pretrained(str(self.store.adapter_dir))
         final = self.callbacks["stats"].final
         self.record.lora_rank = aggregate_rank_metrics(final)
         self.record.adapter_statistics = final
 
     def verify_merge(self) -> None:
-        """Merge-equivalence check on rank 0 (it consumes the PEFT model: the adapter was saved
-        above); a quantized base is merged into a full-precision reload. With
+        """On rank 0, for a LoRA run: the reload check (the saved adapter on a fresh load of the
+        original base reproduces the trained model's outputs), then the merge-equivalence check
+        on a copy of the model; a quantized base is merged into a full-precision reload. With
         ``export_merged``, save the merged model once the check passed."""
-        from loraexp.analysis.merge import check_merge_equivalence, check_quantized_merge
+        from loraexp.analysis.merge import check_adapter_reload, check_merge_equivalence, check_quantized_merge
+        from loraexp.methods import is_lora
 
+        verification = self.record.verification
+        if not is_lora(self.cfg.method):
+            return
         if not self.main:
-            self.record.verification.merge = MergeCheck(passed=True, checked_on="rank 0")
+            verification.merge = MergeCheck(passed=True, checked_on="rank 0")
+            verification.reload = ReloadCheck(passed=True, checked_on="rank 0")
             return
         v, task = self.cfg.verification, self.task
         batches = self.eval_batches(v.merge_eval_batches, task.merge_check_rows)
+        space = task.merge_space if v.merge_space == "auto" else v.merge_space
         if self.cfg.quantization.method == "none":
-            space = task.merge_space if v.merge_space == "auto" else v.merge_space
-            merged, result = check_merge_equivalence(self.peft_model, batches, atol=v.merge_atol,
+            if "reload" not in verification.not_applicable:
+                original, _ = load_base(self.cfg, task.task_type, task.num_labels, quantized=False)
+                verification.reload = check_adapter_reload(
+                    self.tuned_model, original.to(self.tuned_model.device), self.store.adapter_dir, batches,
+                    atol=v.merge_atol, space=space, converted=self.initial_adapter_dir.is_dir(),
+                    reference_logits=self.reference_logits)
+            merged, result = check_merge_equivalence(self.tuned_model, batches, atol=v.merge_atol,
                                                      latency_repeats=v.latency_repeats, space=space)
         else:
             full_precision, _ = load_base(self.cfg, task.task_type, task.num_labels, quantized=False)
-            merged, result = check_quantized_merge(self.peft_model, full_precision.to(self.peft_model.device),
+            merged, result = check_quantized_merge(self.tuned_model, full_precision.to(self.tuned_model.device),
                                                    self.store.adapter_dir, batches, atol=v.quantized_merge_atol,
                                                    latency_repeats=v.latency_repeats)
-        self.record.verification.merge = result
+        verification.merge = result
         if self.cfg.export_merged and result.passed:
-            merged.save_pretrained(str(self.store.run_dir / "merged"))
-            self.tokenizer.save_pretrained(str(self.store.run_dir / "merged"))
-            self.record.merged_dir = str(self.store.run_dir / "merged")
+            self.save_model(merged)
 
     def conclude(self) -> None:
         """``completed`` when every check passed, else ``failed_verification`` with the
@@ -347,6 +450,64 @@ class LoraRecipe:
     def checkpoints_dir(self) -> Path:
         return self.store.run_dir / "checkpoints"
 
+    @property
+    def initial_adapter_dir(self) -> Path:
+        """The initial adapter of a base-rewriting initialisation, for PEFT's conversion."""
+        return self.store.run_dir / "initial_adapter"
+
+    def capture_reference_outputs(self) -> None:
+        """The evaluated model's logits on the check batches, before anything is saved: what
+        the reload check compares the saved adapter with."""
+        from loraexp.analysis.merge import model_logits
+
+        v = self.cfg.verification
+        self.reference_logits = model_logits(self.tuned_model.eval(),
+                                             self.eval_batches(v.merge_eval_batches, self.task.merge_check_rows))
+
+    def save_converted_adapter(self) -> None:
+        """Save a base-rewriting adapter converted to apply to the original base
+        (``save_pretrained(..., path_initial_model_for_weight_conversion=...)``, rank 2r), then
+        add the trained ``modules_to_save`` tensors (a classification head) that PEFT 0.21's
+        conversion leaves out of the file, under the keys ``get_peft_model_state_dict`` gives
+        them."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import load_file, save_file
+
+        self.tuned_model.save_pretrained(str(self.store.adapter_dir),
+                                         path_initial_model_for_weight_conversion=str(self.initial_adapter_dir))
+        path = self.store.adapter_dir / "adapter_model.safetensors"
+        saved = load_file(path)
+        missing = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(self.tuned_model).items()
+                   if k not in saved and "lora_" not in k}
+        if missing:
+            save_file({**saved, **missing}, str(path), metadata={"format": "pt"})
+
+    def save_model(self, model) -> None:
+        """``save_pretrained`` ``model`` and the tokenizer to ``<run>/merged``."""
+        model.save_pretrained(str(self.store.run_dir / "merged"))
+        self.tokenizer.save_pretrained(str(self.store.run_dir / "merged"))
+        self.record.merged_dir = str(self.store.run_dir / "merged")
+
+    def frozen_reference(self) -> str:
+        """What the frozen-base check fingerprints: the pretrained weights, or the residual an
+        initialisation rewrote them to."""
+        from loraexp.methods import rewrites_base
+
+        init = self.record.resolved.init_lora_weights
+        return f"residual base W - s*B0*A0 after {init} initialisation" if rewrites_base(init) else "pretrained weights"
+
+    def base_model_view(self):
+        """Context in which the model computes the base model: before training, full
+        fine-tuning's model is the base, and a base-rewriting initialisation's adapter restores
+        it (W − s·B0·A0 + s·B0·A0; LoftQ approximately); other adapters are disabled."""
+        import contextlib
+
+        from loraexp.methods import is_lora, rewrites_base
+
+        if not is_lora(self.cfg.method) or rewrites_base(self.record.resolved.init_lora_weights):
+            return contextlib.nullcontext()
+        return self.tuned_model.disable_adapter()
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
         """One row of per-step metrics to ``history.jsonl`` and the tracker."""
         self.store.append_history({"step": step, **metrics})
@@ -364,17 +525,21 @@ class LoraRecipe:
         return check
 
     def training_settings(self) -> dict[str, Any]:
-        """``cfg.training`` plus what loraexp adds unless the config sets it: the Trainer's
+        """``cfg.training`` plus what loraexp adds unless the config sets it (full fine-tuning
+        replaces the learning rate by :func:`~loraexp.methods.full_learning_rate`): the Trainer's
         progress bar (``disable_tqdm: false``); the task's own defaults
         (:meth:`~loraexp.tasks.base.Task.training_defaults`); paged 8-bit AdamW for a quantized
         base on CUDA; ``use_cpu`` for DDP on CPU (else transformers runs each process alone)."""
         import torch
 
         from loraexp.distributed import needs_cpu_ddp
+        from loraexp.methods import full_learning_rate, is_lora
         from loraexp.quantization import default_optimizer
 
         training = {"disable_tqdm": False,  # the Trainer's bar; without this it follows transformers' log level
                     **self.task.training_defaults(), **self.cfg.training}
+        if not is_lora(self.cfg.method):
+            training["learning_rate"] = full_learning_rate(self.cfg.method_options, self.task.task_type)
         optimizer = default_optimizer(self.cfg.quantization, torch.cuda.is_available())
         if optimizer:
             training.setdefault("optim", optimizer)
@@ -382,24 +547,41 @@ class LoraRecipe:
             training.setdefault("use_cpu", True)
         return training
 
-    def evaluate_as(self, label: str) -> dict[str, Any]:
-        """``Trainer.evaluate`` metrics without the ``<label>_`` prefix, post-processed by the
-        task, plus its generation metrics (per-example records to ``generations_<label>.jsonl``)."""
-        metrics = self.trainer.evaluate(metric_key_prefix=label)
+    def evaluate_as(self, label: str, keep_examples: bool = False) -> dict[str, Any]:
+        """Evaluation metrics without the ``<label>_`` prefix, post-processed by the task, plus
+        its generation metrics (per-example records to ``generations_<label>.jsonl``). With
+        ``keep_examples``, ``Trainer.predict`` runs the same evaluation loop and the per-example
+        scores go to ``predictions.npz`` (:func:`~loraexp.statistics.save_predictions`)."""
+        from loraexp.statistics import PREDICTIONS_FILE, record_scores, save_predictions
+
+        columns: dict[str, Any] = {}
+        scores: dict[str, Any] = {}
+        if keep_examples:
+            output = self.trainer.predict(self.eval_data, metric_key_prefix=label)
+            self.trainer.log(output.metrics)
+            metrics = output.metrics
+            columns, scores = self.task.example_scores(output.predictions, output.label_ids, self.tokenizer)
+        else:
+            metrics = self.trainer.evaluate(metric_key_prefix=label)
         out = self.task.postprocess_metrics({k.removeprefix(f"{label}_"): v for k, v in metrics.items()})
         generated = self.task.evaluate_generation(self.trainer.model, self.tokenizer, self.eval_split,
                                                   self.cfg.evaluation)
         if generated is not None:
-            scores, records = generated
-            out.update(scores)
+            values, records = generated
+            out.update(values)
             self.store.write_jsonl(f"generations_{label}.jsonl", records)
+            if records and keep_examples:
+                scores.update(record_scores(records, [k for k in values if k in records[0]]))
+        if keep_examples and scores and self.main:
+            save_predictions(self.store.run_dir / PREDICTIONS_FILE, columns, scores)
+            self.record.predictions_file = PREDICTIONS_FILE
         return out
 
     def eval_batches(self, count: int, max_rows: int | None) -> list[dict[str, Any]]:
         """The first ``count`` eval batches without labels, each cut to ``max_rows`` rows."""
         batches = []
         for batch in self.trainer.get_eval_dataloader():
-            batches.append({k: v[:max_rows].to(self.peft_model.device) for k, v in batch.items() if k != "labels"})
+            batches.append({k: v[:max_rows].to(self.tuned_model.device) for k, v in batch.items() if k != "labels"})
             if len(batches) == count:
                 break
         return batches
@@ -416,19 +598,31 @@ class LoraRecipe:
         from safetensors.torch import load_file
 
         from loraexp.checkpoints import checkpoint_step
+        from loraexp.methods import is_lora
 
+        if not is_lora(self.cfg.method):  # full fine-tuning: the checkpoint holds the whole model
+            from safetensors.torch import load_model
+
+            missing, unexpected = load_model(self.tuned_model, Path(self.checkpoint) / "model.safetensors",
+                                             strict=False)
+            if missing or unexpected:
+                raise VerificationError(f"checkpoint {self.checkpoint} does not fit the model: missing "
+                                        f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+            self.callbacks["full_training"].finish_restored(self.tuned_model)
+            return
         weights = load_file(Path(self.checkpoint) / "adapter_model.safetensors")
-        loaded = set_peft_model_state_dict(self.peft_model, weights)
+        loaded = set_peft_model_state_dict(self.tuned_model, weights)
         if loaded.unexpected_keys:
             raise VerificationError(f"checkpoint {self.checkpoint} holds tensors the model lacks: "
                                     f"{loaded.unexpected_keys[:3]}")
         frozen = self.prior.get("frozen_base")
         self.callbacks["frozen"].result = check_from_dict(FrozenBaseCheck, frozen) if isinstance(frozen, dict) else (
             FrozenBaseCheck(passed=False, reason=f"checkpoint {self.checkpoint} has no verification record"))
-        self.callbacks["stats"].finish(checkpoint_step(self.checkpoint), self.peft_model)
+        self.callbacks["stats"].finish(checkpoint_step(self.checkpoint), self.tuned_model)
 
     def collect_verification(self) -> None:
         """Take the frozen-base and gradient-flow results from their callbacks."""
-        if self.callbacks:
-            self.record.verification.frozen_base = self.callbacks["frozen"].result
-            self.record.verification.grad_flow = self.callbacks["grad_flow"].result
+        for name in ("frozen_base", "grad_flow", "full_training"):
+            callback = self.callbacks.get({"frozen_base": "frozen"}.get(name, name))
+            if callback is not None:
+                setattr(self.record.verification, name, callback.result)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 1: the untyped record of loraexp <= 0.1 (flat verification keys)
+SCHEMA_VERSION = 3  # 1: untyped (flat verification keys); 2: typed, LoRA checks only; 3: run types, reload check
 
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
@@ -35,6 +35,7 @@ class FrozenBaseCheck:
     base_requires_grad: list[str] = field(default_factory=list)
     base_with_grad: list[str] = field(default_factory=list)
     changed_tensors: list[str] = field(default_factory=list)
+    reference: str | None = None
     reason: str | None = None
 
 
@@ -47,10 +48,56 @@ class GradFlowCheck:
     whose passed check a resumed attempt carried forward."""
 
     passed: bool | None = None
+    init: str | None = None
+    rule: str | None = None
     lora_B_min_grad_norm_step1: float | None = None
     lora_A_min_grad_norm: float | None = None
     lora_A_verified_step: int | None = None
+    lora_B_verified_step: int | None = None
+    magnitude_min_grad_norm_step1: float | None = None
+    frozen_factors: list[str] = field(default_factory=list)
     carried_from_checkpoint: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class FullTrainingCheck:
+    """Full fine-tuning (see :class:`~loraexp.callbacks.full_training.FullTrainingCallback`):
+    every parameter requires grad; in the first ``steps`` optimizer steps every parameter's
+    gradient exists, is finite and is non-zero (L2 norm); at train end every tensor differs
+    from its start. The lists name offending tensors (at most 20)."""
+
+    passed: bool | None = None
+    tensors: int = 0
+    steps: int = 0
+    not_trainable: list[str] = field(default_factory=list)
+    without_grad: list[str] = field(default_factory=list)
+    zero_grad: list[str] = field(default_factory=list)
+    nonfinite_grad: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    min_grad_norm: float | None = None
+    reason: str | None = None
+
+
+@dataclass
+class ReloadCheck:
+    """The saved adapter, loaded onto a fresh copy of the *original* base
+    (:func:`~loraexp.analysis.merge.check_adapter_reload`), reproduces the trained model's
+    outputs: max |Δ| in ``space`` against ``atol``; ``base_max_abs_diff``: trained model vs the
+    original base alone, a trained classification head included (must exceed the effect
+    tolerance: a model that learned nothing would pass trivially);
+    ``precision``: dtype the figures were computed in (float64 when float32 rounding alone
+    exceeded ``atol``; ``float32_max_abs_diff`` then keeps the float32 figure)."""
+
+    passed: bool | None = None
+    space: str | None = None
+    max_abs_diff: float | None = None
+    base_max_abs_diff: float | None = None
+    atol: float | None = None
+    precision: str | None = None
+    float32_max_abs_diff: float | None = None
+    converted: bool | None = None
+    checked_on: str | None = None
     reason: str | None = None
 
 
@@ -71,31 +118,49 @@ class MergeCheck:
     adapter_latency_s: float | None = None
     merged_latency_s: float | None = None
     quantization_gap_max_abs_diff: float | None = None
+    precision: str | None = None
+    float32_max_abs_diff: float | None = None
+    float32_rounding_max_abs_diff: float | None = None
     merged_into: str | None = None
     checked_on: str | None = None
     reason: str | None = None
 
 
+CHECK_NAMES = ("frozen_base", "grad_flow", "full_training", "merge", "reload")
+
+
 @dataclass
 class Verification:
-    """The run-time checks of one run; :attr:`passed` only when every check passed."""
+    """The run-time checks of one run (docs/verification.md). ``not_applicable`` maps the name
+    of each check that does not apply to the run type to why (full fine-tuning has no frozen
+    base, LoRA gradient flow, merge or adapter; a LoRA run has no full-training check).
+    :attr:`passed` only when every applicable check passed: a check that applies but was not
+    observed (``passed`` None) never counts as passed."""
 
     frozen_base: FrozenBaseCheck = field(default_factory=FrozenBaseCheck)
     grad_flow: GradFlowCheck = field(default_factory=GradFlowCheck)
+    full_training: FullTrainingCheck = field(default_factory=FullTrainingCheck)
     merge: MergeCheck = field(default_factory=MergeCheck)
+    reload: ReloadCheck = field(default_factory=ReloadCheck)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+    def applicable(self) -> list[Any]:
+        """The checks that apply to this run, in :data:`CHECK_NAMES` order."""
+        return [getattr(self, n) for n in CHECK_NAMES if n not in self.not_applicable]
 
     @property
     def passed(self) -> bool:
-        return all(check.passed is True for check in (self.frozen_base, self.grad_flow, self.merge))
+        checks = self.applicable()
+        return bool(checks) and all(check.passed is True for check in checks)
 
     @property
     def observed(self) -> bool:
         """Whether any check ran (False for a run that failed before training)."""
-        return any(check.passed is not None for check in (self.frozen_base, self.grad_flow, self.merge))
+        return any(check.passed is not None for check in self.applicable())
 
     def failure_reasons(self) -> list[str]:
-        """The recorded reason of every check that failed or could not be observed."""
-        return [c.reason for c in (self.frozen_base, self.grad_flow, self.merge) if c.reason and c.passed is not True]
+        """The recorded reason of every applicable check that failed or could not be observed."""
+        return [c.reason for c in self.applicable() if c.reason and c.passed is not True]
 
 
 @dataclass
@@ -113,6 +178,9 @@ class Resolved:
     eval_examples: int = 0
     optim: str = ""
     device: str = ""
+    method: str = "lora"
+    init_lora_weights: Any = None
+    learning_rate: float | None = None
 
 
 @dataclass
@@ -136,6 +204,7 @@ class RunRecord:
     status: str = STATUS_RUNNING
     schema_version: int = SCHEMA_VERSION
     resolved: Resolved | None = None
+    predictions_file: str | None = None
     efficiency: dict[str, Any] = field(default_factory=dict)
     training_efficiency: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
@@ -177,10 +246,17 @@ class RunRecord:
             ver = {"frozen_base": _legacy(ver, "frozen_base"), "grad_flow": _legacy(ver, "grad_flow"),
                    "merge": {**{k.removeprefix("merge_"): v for k, v in ver.items()},
                              "passed": ver.get("merge_equivalence")}}
+        not_applicable = dict(ver.get("not_applicable") or {})
+        if int(data.get("schema_version") or 1) < 3:  # LoRA runs only; these checks did not exist yet
+            not_applicable.update(full_training="not recorded before schema 3 (LoRA run)",
+                                  reload="not recorded before schema 3")
         kwargs["verification"] = Verification(
             frozen_base=check_from_dict(FrozenBaseCheck, ver.get("frozen_base")),
             grad_flow=check_from_dict(GradFlowCheck, ver.get("grad_flow")),
-            merge=check_from_dict(MergeCheck, ver.get("merge")))
+            full_training=check_from_dict(FullTrainingCheck, ver.get("full_training")),
+            merge=check_from_dict(MergeCheck, ver.get("merge")),
+            reload=check_from_dict(ReloadCheck, ver.get("reload")),
+            not_applicable=not_applicable)
         return cls(**kwargs)
 
     def wandb_summary(self) -> dict[str, Any]:
@@ -191,7 +267,9 @@ class RunRecord:
         for prefix, section in (("eval", self.eval), ("base_eval", self.base_eval or {}),
                                 ("training_efficiency", self.training_efficiency), ("lora_rank", self.lora_rank)):
             out.update({f"{prefix}/{k}": v for k, v in section.items() if _scalar(v)})
-        for name in ("frozen_base", "grad_flow", "merge"):
+        for name in CHECK_NAMES:
+            if name in self.verification.not_applicable:
+                continue
             check = dataclasses.asdict(getattr(self.verification, name))
             out.update({f"verification/{name}/{k}": v for k, v in check.items() if _scalar(v)})
         return out

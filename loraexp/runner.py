@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraexp.comparison import Settings
 from loraexp.config import apply_overrides
 from loraexp.distributed import broadcast_from_main, is_main_process
 from loraexp.objective import objective
@@ -36,6 +37,7 @@ class SweepResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     metric: str = "accuracy"
     direction: str = "maximize"
+    comparison: Any = None  # loraexp.comparison.Comparison: configurations over seeds, baseline, verdicts
 
     @property
     def all_completed(self) -> bool:
@@ -116,8 +118,10 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True,
             logger.info("%s: %s", where, outcome_line(result.record, result.status, metric))
         results.append(result)
     bar.close()
-    rows = write_sweep_summary(sweep_dir, [name for name, _ in runs]) if is_main_process() else []
-    return SweepResult(sweep_dir, results, rows, metric, direction)
+    if not is_main_process():
+        return SweepResult(sweep_dir, results, [], metric, direction)
+    summary = write_sweep_summary(sweep_dir, [name for name, _ in runs], Settings.from_config(cfg, metric))
+    return SweepResult(sweep_dir, results, summary.rows, metric, direction, summary.comparison)
 
 
 def _trial_config(base: ExperimentConfig, overrides: dict[str, Any]) -> tuple[str, ExperimentConfig, Path]:
@@ -151,5 +155,6 @@ def run_trial(base: ExperimentConfig, overrides: dict[str, Any], resume: bool = 
     if is_main_process():
         names = [n for n, _ in expand(base)]
         present = sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
-        write_sweep_summary(sweep_dir, names + [n for n in present if n not in names])
+        write_sweep_summary(sweep_dir, names + [n for n in present if n not in names],
+                            Settings.from_config(base, objective(base)[0]))
     return result

@@ -38,6 +38,12 @@ QUANT_ABLATION_POINTS: dict[str, dict[str, Any]] = {
 }
 DTYPES = ("float32", "bfloat16", "float16")
 
+# The research protocol's seeds (sweep mode's default; ``--seeds`` replicates any sweep).
+PROTOCOL_SEEDS = (42, 1337, 2024)
+# Run types: full fine-tuning (no PEFT) and the LoRA variants of loraexp.methods.
+METHODS = ("lora", "full", "rslora", "dora", "pissa", "olora", "lora-plus", "loftq", "eva")
+DEFAULT_METHOD_ABLATION = ("full", "lora", "rslora", "dora", "pissa", "olora", "lora-plus")
+
 
 def lora_alpha_for_rank(r: int) -> int:
     """The research protocol's ``lora_alpha = 2r`` (so the LoRA scaling α/r stays 2, LoRA
@@ -147,13 +153,31 @@ class EvaluationConfig:
 
 
 @dataclass
+class MethodOptions:
+    """Settings of the run types other than plain LoRA (docs/methods.md)."""
+
+    full_learning_rate: float | None = _help(
+        "Learning rate of method full (full fine-tuning replaces training.learning_rate, which is tuned for "
+        "LoRA); None: the model family's default, 5e-5 for an encoder with a classification head (BERT paper, "
+        "appendix A.3) and 2e-5 for a causal LM.", default=None)
+    loraplus_lr_ratio: float = _help(
+        "LoRA+: learning rate of lora_B over that of lora_A (peft.optimizers.create_loraplus_optimizer; "
+        "2^4 = 16 is the LoRA+ paper's recommendation, Hayou et al. 2024, section 4).", default=16.0)
+    loftq_bits: int = _help("LoftQ: bits of the quantized base the adapter compensates (4 or 8).", default=4)
+    loftq_iter: int = _help("LoftQ: alternating quantization / SVD iterations.", default=1)
+    eva_rho: float = _help("EVA: rank redistribution budget (peft.EvaConfig.rho; 1 = no redistribution).",
+                           default=2.0)
+    eva_batches: int = _help("EVA: training batches whose activations initialise lora_A.", default=8)
+
+
+@dataclass
 class SweepConfig:
     """How one base config expands into several runs."""
 
     mode: str = _help("single run | sweep (learning rates x seeds) | ablation (see ablation_type).",
                       choices=("single", "sweep", "ablation"), flag="--mode", default="single")
     ablation_type: str | None = _help("Which ablation, required when mode is ablation.",
-                                      choices=("rank", "alpha", "modules", "quantization", "grid"),
+                                      choices=("rank", "alpha", "modules", "quantization", "method", "grid"),
                                       flag="--ablation-type", default=None)
     name: str | None = _help("Sweep directory name under output_dir; default '<task>-<mode>[-<type>]'.",
                              default=None)
@@ -165,7 +189,26 @@ class SweepConfig:
     presets: list[str] = _help("Module ablation: target-module presets (or explicit lists) to compare.",
                                default_factory=lambda: ["minimal", "standard", "attention", "mlp", "all-linear"])
     learning_rates: list[float] = _help("Sweep mode: learning rates.", default_factory=lambda: [1e-4, 3e-4])
-    seeds: list[int] = _help("Sweep mode: seeds.", default_factory=lambda: [42, 1337, 2024])
+    seeds: list[int] | None = _help(
+        "Seeds every point of the sweep, ablation or grid is run with (a replicate per seed); None: the "
+        "config's `seed` alone, except in sweep mode, which then uses the research protocol's 42, 1337, 2024.",
+        flag="--seeds", default=None)
+    methods: list[str] = _help("Method ablation: run types to compare (" + " | ".join(METHODS) + ").",
+                               default_factory=lambda: list(DEFAULT_METHOD_ABLATION))
+    baseline: str | None = _help(
+        "Add a baseline row to any sweep (one run per seed): full = full fine-tuning with the same task, data, "
+        "batch size and budget. Every configuration is compared with it (sweep.max_drop).",
+        choices=("full",), flag="--baseline", default=None)
+    max_drop: float = _help(
+        "Protocol verdict: the largest acceptable drop of the main metric from the baseline; 0.03 = 3%.",
+        default=0.03)
+    drop_unit: str = _help("relative: max_drop is a fraction of the baseline's mean (the protocol's '3% drop'); "
+                           "absolute: in the metric's own units (0.03 = 3 accuracy points).",
+                           choices=("relative", "absolute"), default="relative")
+    confidence: float = _help("Confidence level of the seed (Student t) and bootstrap intervals.", default=0.95)
+    bootstrap_resamples: int = _help("Resamples of the paired bootstrap of differences to the baseline.",
+                                     default=10000)
+    bootstrap_seed: int = _help("Seed of the bootstrap resampling (the intervals are reproducible).", default=0)
     quantizations: list[str] = _help(
         "Quantization ablation: none | nf4 | nf4-dq (nf4 + double quantization) | fp4 | fp4-dq | int8.",
         default_factory=lambda: ["none", "nf4", "nf4-dq"])
@@ -208,6 +251,11 @@ class ExperimentConfig:
     model: str = _help("Model alias ('minilm', 'smollm2-135m'), Hub id or local directory. A model whose "
                        "architecture is *ForCausalLM is trained as a causal LM, others with a "
                        "classification head.", flag="--model", default="minilm")
+    method: str = _help(
+        "Run type: lora | full (full fine-tuning, no PEFT) | rslora | dora | pissa | olora | lora-plus | loftq | "
+        "eva (LoRA variants through PEFT; docs/methods.md).", choices=METHODS, flag="--method", default="lora")
+    method_options: MethodOptions = _help("Settings of full fine-tuning and the LoRA variants.",
+                                          default_factory=MethodOptions)
     model_dtype: str = _help("dtype the base model's weights are loaded in.", choices=DTYPES, default="float32")
     data_dir: str | None = _help(
         f"Directory with local task files (layout of shared/data); None reads ${DATA_DIR_ENV}, "
@@ -247,10 +295,25 @@ class ExperimentConfig:
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that defines the run's result: everything except where files
-        go and how they are logged (``output_dir``, ``data_dir``, ``tracking``, ``sweep``)."""
+        go and how they are logged (``output_dir``, ``data_dir``, ``tracking``, ``sweep``).
+
+        Only what the method uses counts: full fine-tuning drops ``lora`` (so the baseline of a
+        rank ablation is the same run as that of a method ablation); ``method`` and
+        ``method_options`` appear only for methods other than plain LoRA, so the run ids of
+        LoRA runs are those of loraexp before methods existed."""
         d = self.to_dict()
         for key in ("output_dir", "data_dir", "tracking", "sweep"):
             d.pop(key)
+        options = d.pop("method_options")
+        if self.method == "lora":
+            d.pop("method")
+        else:
+            from loraexp.methods import options_used  # no heavy import
+
+            d["method_options"] = {k: options[k] for k in options_used(self.method)}
+        if self.method == "full":
+            d.pop("lora")
+            d.pop("quantization")
         return d
 
     @property

@@ -39,6 +39,10 @@ def _training(r: RunRecord) -> dict[str, Any]:
     return r.config.get("training") or {}
 
 
+def _is_lora(r: RunRecord) -> bool:
+    return r.config.get("method", "lora") != "full"
+
+
 def _targets(r: RunRecord) -> str | None:
     targets = _lora(r).get("target_modules")
     return targets if isinstance(targets, str) or targets is None else "+".join(targets)
@@ -60,11 +64,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("run_name", lambda r: r.run_name),
     Column("status", lambda r: r.status),
     Column("failed_step", lambda r: r.failed_step),
-    Column("r", lambda r: _lora(r).get("r")),
-    Column("lora_alpha", lambda r: _lora(r).get("lora_alpha")),
-    Column("target_modules", _targets),
+    Column("method", lambda r: r.config.get("method") or "lora"),
+    Column("r", lambda r: _lora(r).get("r") if _is_lora(r) else None),
+    Column("lora_alpha", lambda r: _lora(r).get("lora_alpha") if _is_lora(r) else None),
+    Column("target_modules", lambda r: _targets(r) if _is_lora(r) else None),
     Column("quantization", _quantization),
-    Column("learning_rate", lambda r: _training(r).get("learning_rate")),
+    Column("learning_rate", lambda r: (r.resolved.learning_rate if r.resolved and r.resolved.learning_rate
+                                       else _training(r).get("learning_rate"))),
     Column("seed", lambda r: r.config.get("seed")),
     Column("eval_accuracy", lambda r: r.eval.get("accuracy")),
     Column("base_accuracy", lambda r: (r.base_eval or {}).get("accuracy")),
@@ -77,12 +83,15 @@ COLUMNS: tuple[Column, ...] = (
     Column("lora_params", lambda r: r.efficiency.get("lora_params")),
     Column("trainable_params", lambda r: r.efficiency.get("trainable_params")),
     Column("trainable_pct", lambda r: r.efficiency.get("trainable_pct")),
+    Column("trainable_bytes", lambda r: r.training_efficiency.get("trainable_bytes")),
+    Column("optimizer_state_bytes", lambda r: r.training_efficiency.get("optimizer_state_bytes")),
     Column("base_weight_bytes", lambda r: r.training_efficiency.get("base_weight_bytes")),
     Column("peak_mem_bytes", lambda r: r.training_efficiency.get("peak_mem_bytes")),
     Column("tokens_per_s", lambda r: r.training_efficiency.get("tokens_per_s")),
     Column("mean_effective_rank", lambda r: r.lora_rank.get("mean_effective_rank")),
     Column("mean_utilization", lambda r: r.lora_rank.get("mean_utilization")),
     Column("merge_max_abs_diff", lambda r: r.verification.merge.max_abs_diff),
+    Column("reload_max_abs_diff", lambda r: r.verification.reload.max_abs_diff),
     Column("quantization_gap", lambda r: r.verification.merge.quantization_gap_max_abs_diff),
     Column("verification", _verification),
     Column("train_seconds", lambda r: r.training_efficiency.get("train_seconds")),
@@ -118,18 +127,21 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_rows(sweep_dir: str | os.PathLike, run_names: list[str]) -> list[dict[str, Any]]:
-    """Summary rows of ``run_names``, read from each run's ``metrics.json``."""
-    rows = []
-    for name in run_names:
-        record = RunStore(Path(sweep_dir) / name).read_record()
-        rows.append(summary_row(record) if record else missing_row(name))
-    return rows
+@dataclass
+class SweepSummary:
+    """What :func:`write_sweep_summary` wrote: one row per run (every column of
+    :data:`COLUMNS`) and, when asked for, the configurations' comparison."""
+
+    rows: list[dict[str, Any]]
+    comparison: Any = None  # loraexp.comparison.Comparison
 
 
-def write_sweep_summary(sweep_dir: str | os.PathLike, run_names: list[str]) -> list[dict[str, Any]]:
+def write_sweep_summary(sweep_dir: str | os.PathLike, run_names: list[str], settings: Any = None) -> SweepSummary:
     """Write ``summary.csv`` and ``summary.md`` for ``run_names`` (runs without a readable
-    ``metrics.json`` are listed as ``missing``); returns the rows.
+    ``metrics.json`` are listed as ``missing``). With ``settings`` (a
+    :class:`loraexp.comparison.Settings`), the runs are also grouped into configurations and
+    compared (:func:`loraexp.comparison.compare`): ``configurations.csv`` and the
+    ``## Configurations`` section of ``summary.md``.
 
     Holds ``<sweep_dir>/.summary.lock`` while reading and writing, so processes sharing the
     sweep directory (workers, trials) write one after the other, each from the latest files.
@@ -140,11 +152,26 @@ def write_sweep_summary(sweep_dir: str | os.PathLike, run_names: list[str]) -> l
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(sweep_dir / SUMMARY_LOCK, timeout=SUMMARY_LOCK_TIMEOUT_S):
-        rows = read_rows(sweep_dir, run_names)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMN_NAMES)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(sweep_dir / "summary.csv", buffer.getvalue())
-        atomic_write_text(sweep_dir / "summary.md", render_markdown(rows))
-    return rows
+        records = [(name, RunStore(sweep_dir / name).read_record()) for name in run_names]
+        rows = [summary_row(r) if r else missing_row(n) for n, r in records]
+        atomic_write_text(sweep_dir / "summary.csv", _csv(rows, COLUMN_NAMES))
+        markdown = "## Runs\n\n" + render_markdown(rows)
+        comparison = None
+        if settings is not None:
+            from loraexp import comparison as cmp
+
+            comparison = cmp.compare(sweep_dir, records, settings)
+            table = cmp.configuration_rows(comparison)
+            names = list(dict.fromkeys(k for row in table for k in row))
+            atomic_write_text(sweep_dir / "configurations.csv", _csv(table, names))
+            markdown = cmp.render_markdown(comparison) + "\n" + markdown
+        atomic_write_text(sweep_dir / "summary.md", markdown)
+    return SweepSummary(rows, comparison)
+
+
+def _csv(rows: list[dict[str, Any]], names) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(names))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -3,7 +3,11 @@
 * ``single``: the config itself.
 * ``sweep``: learning rates x seeds (warmup stays a ratio of each run's steps).
 * ``ablation`` ``rank`` | ``alpha`` | ``modules`` | ``quantization``: the axes of :mod:`loraexp.variants`.
+* ``ablation`` ``method``: one point per run type of ``sweep.methods`` (:mod:`loraexp.methods`).
 * ``ablation`` ``grid``: the cartesian product of ``sweep.grid`` (dotted keys -> values).
+
+``sweep.seeds`` replicates every point (one run per seed), and ``sweep.baseline`` adds the
+baseline's runs (one per seed) unless a point already is the baseline.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 from loraexp import variants
 from loraexp.config import apply_overrides
-from loraexp.schema import ExperimentConfig
+from loraexp.schema import PROTOCOL_SEEDS, ExperimentConfig
 
 
 def format_lr(lr: float) -> str:
@@ -43,14 +47,26 @@ def quantization_label(cfg: ExperimentConfig) -> str | None:
     return q.method + ("dq" if q.double_quant else "")
 
 
-def run_name(cfg: ExperimentConfig) -> str:
-    """Readable run name, e.g. ``sst2-minilm-r8-a16-standard-lr1e-3-s42`` (``-nf4dq`` after
-    the target modules for a quantized base)."""
+def configuration_name(cfg: ExperimentConfig) -> str:
+    """The run name without its seed: what replicates over seeds share, e.g.
+    ``sst2-minilm-r8-a16-standard-lr1e-3``, ``sst2-minilm-r8-a16-standard-dora-lr2e-3``
+    (the method after the target modules, none for plain LoRA, ``-nf4dq`` for a quantized
+    base), ``sst2-minilm-full`` (full fine-tuning: its learning rate comes from
+    ``method_options``)."""
+    if cfg.method == "full":
+        lr = cfg.method_options.full_learning_rate
+        return "-".join(p for p in (cfg.task, model_label(cfg.model), "full", lr and f"lr{format_lr(lr)}") if p)
     lora = cfg.lora
     parts = [cfg.task, model_label(cfg.model), f"r{lora['r']}", f"a{lora['lora_alpha']:g}",
-             targets_label(lora["target_modules"]), quantization_label(cfg),
-             f"lr{format_lr(cfg.training['learning_rate'])}", f"s{cfg.seed}"]
+             targets_label(lora["target_modules"]), None if cfg.method == "lora" else cfg.method,
+             quantization_label(cfg), f"lr{format_lr(cfg.training['learning_rate'])}"]
     return "-".join(p for p in parts if p)
+
+
+def run_name(cfg: ExperimentConfig) -> str:
+    """Readable run name: :func:`configuration_name` and the seed, e.g.
+    ``sst2-minilm-r8-a16-standard-lr1e-3-s42``."""
+    return f"{configuration_name(cfg)}-s{cfg.seed}"
 
 
 def sweep_name(cfg: ExperimentConfig) -> str:
@@ -67,14 +83,21 @@ def _prefixed(axis: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     return [{f"{prefix}{k}": v for k, v in point.items()} for point in axis]
 
 
-def overrides_for(cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    """The list of dotted-key overrides, one per run, that ``cfg.sweep`` asks for."""
+def seeds_for(cfg: ExperimentConfig) -> list[int]:
+    """The seeds every point runs with: ``sweep.seeds``, else the research protocol's three in
+    sweep mode and the config's ``seed`` otherwise."""
+    if cfg.sweep.seeds:
+        return list(cfg.sweep.seeds)
+    return list(PROTOCOL_SEEDS) if cfg.sweep.mode == "sweep" else [cfg.seed]
+
+
+def points_for(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """The dotted-key overrides of each point ``cfg.sweep`` asks for, before seeds."""
     s = cfg.sweep
     if s.mode == "single":
         return [{}]
     if s.mode == "sweep":
-        return [{"training.learning_rate": lr, "seed": seed}
-                for lr, seed in itertools.product(s.learning_rates, s.seeds)]
+        return [{"training.learning_rate": lr} for lr in s.learning_rates]
     if s.ablation_type == "rank":
         return _prefixed(variants.rank_axis(s.ranks), "lora.")
     if s.ablation_type == "alpha":
@@ -83,25 +106,78 @@ def overrides_for(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         return _prefixed(variants.module_axis(s.presets), "lora.")
     if s.ablation_type == "quantization":
         return _prefixed(variants.quantization_axis(s.quantizations), "quantization.")
+    if s.ablation_type == "method":
+        return [{"method": m} for m in s.methods]
     keys = list(s.grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(s.grid[k] for k in keys))]
+
+
+# Dotted-key prefixes a baseline does not share with the point it is the baseline of: what
+# makes a point a LoRA configuration (the rest, e.g. model, task, data budget, stays).
+METHOD_SPECIFIC = ("lora.", "method", "quantization.", "training.learning_rate")
+
+
+def baseline_points(cfg: ExperimentConfig, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``sweep.baseline`` points: for each distinct part of the points that is not
+    method-specific (:data:`METHOD_SPECIFIC`; e.g. ``model`` in a grid over models), one
+    baseline point with the same values, ``method`` set to the baseline and a full-precision
+    base. None when the points already include that baseline."""
+    baseline = cfg.sweep.baseline
+    if not baseline:
+        return []
+    out: list[dict[str, Any]] = []
+    for point in points:
+        if point.get("method", cfg.method) == baseline:
+            continue
+        shared = {k: v for k, v in point.items() if not k.startswith(METHOD_SPECIFIC)}
+        candidate = {**shared, "method": baseline, "quantization.method": "none", "quantization.double_quant": False}
+        if candidate not in out and not any(p.get("method", cfg.method) == baseline and
+                                            {k: v for k, v in p.items() if not k.startswith(METHOD_SPECIFIC)} == shared
+                                            for p in points):
+            out.append(candidate)
+    return out
+
+
+def overrides_for(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """The list of dotted-key overrides, one per run, that ``cfg.sweep`` asks for: every point
+    of :func:`points_for` once per seed of :func:`seeds_for` (a point that sets ``seed`` itself,
+    a grid over seeds, is kept as is), then the baseline's runs (:func:`baseline_points`, one
+    per seed)."""
+    points = points_for(cfg)
+    points += baseline_points(cfg, points)
+    seeds = seeds_for(cfg)
+    return [point if "seed" in point else {**point, "seed": seed} for point in points
+            for seed in (seeds if "seed" not in point else [point["seed"]])]
+
+
+def effective_identity(cfg: ExperimentConfig) -> str:
+    """What determines a run's result: its run id, except that full fine-tuning ignores
+    ``training.learning_rate`` (it trains at ``method_options.full_learning_rate``), so two full
+    runs differing only there are the same run."""
+    if cfg.method != "full":
+        return cfg.run_id
+    return apply_overrides(cfg, {"training.learning_rate": 1.0}).run_id
 
 
 def expand(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     """``(run_name, config)`` for every run of the sweep, in a stable order.
 
     Each run config is the base with its overrides applied and ``sweep.mode`` set to
-    ``single`` (so a saved config reproduces exactly one run). Names that collide (a
+    ``single`` (so a saved config reproduces exactly one run). Points that give the same run
+    (:func:`effective_identity`) run once. Names that collide (a
     grid over a field the name does not show) get the run id appended.
 
     Raises:
         ConfigError: an override produces an invalid config.
     """
-    runs = []
+    runs, seen = [], set()
     for point in overrides_for(cfg):
         run_cfg = apply_overrides(cfg, {**point, "sweep.mode": "single", "sweep.ablation_type": None,
                                         "sweep.name": sweep_name(cfg)})
-        runs.append(run_cfg)
+        key = effective_identity(run_cfg)
+        if key not in seen:  # e.g. full fine-tuning in a grid over lora.r: one run, not one per r
+            seen.add(key)
+            runs.append(run_cfg)
     names = [run_name(c) for c in runs]
     duplicated = {n for n in names if names.count(n) > 1}
     return [(f"{n}-{c.run_id}" if n in duplicated else n, c) for n, c in zip(names, runs)]

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from loraexp.schema import (
+    METHODS,
     QUANT_ABLATION_POINTS,
     RESERVED_TRAINING_KEYS,
     SECRET_TRAINING_KEYS,
@@ -122,11 +123,40 @@ def _validate_training(training: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _validate_method(cfg: ExperimentConfig) -> list[str]:
+    o = cfg.method_options
+    problems = []
+    if o.full_learning_rate is not None and not _positive_number(o.full_learning_rate):
+        problems.append("`method_options.full_learning_rate` must be a number > 0 or null, "
+                        f"got {o.full_learning_rate!r}")
+    if not _positive_number(o.loraplus_lr_ratio):
+        problems.append(f"`method_options.loraplus_lr_ratio` must be a number > 0, got {o.loraplus_lr_ratio!r}")
+    if o.loftq_bits not in (4, 8):
+        problems.append(f"`method_options.loftq_bits` must be 4 or 8, got {o.loftq_bits!r}")
+    for name in ("loftq_iter", "eva_batches"):
+        if not _positive_int(getattr(o, name)):
+            problems.append(f"`method_options.{name}` must be a positive int, got {getattr(o, name)!r}")
+    if not (_positive_number(o.eva_rho) and o.eva_rho >= 1):
+        problems.append(f"`method_options.eva_rho` must be a number >= 1, got {o.eva_rho!r}")
+    methods = set(cfg.sweep.methods) if cfg.sweep.mode == "ablation" and cfg.sweep.ablation_type == "method" else set()
+    methods |= {cfg.method}  # a baseline always runs on a full-precision base (sweep.baseline_points)
+    if "full" in methods and cfg.quantization.method != "none":
+        problems.append(f"`method` full trains every weight, which a quantized base cannot (quantization.method "
+                        f"{cfg.quantization.method!r}); use quantization none for full fine-tuning")
+    if {"loftq", "pissa", "olora"} & methods and cfg.quantization.method != "none":
+        problems.append("`method` loftq, pissa and olora rewrite the base weights, which a quantized base cannot "
+                        f"hold (quantization.method {cfg.quantization.method!r}); use quantization none")
+    if "lora-plus" in methods and "optim" in cfg.training:
+        problems.append(f"`method` lora-plus builds its own AdamW (peft.optimizers.create_loraplus_optimizer); "
+                        f"remove `training.optim` ({cfg.training['optim']!r})")
+    return problems
+
+
 def _validate_sweep(cfg: ExperimentConfig) -> list[str]:
     s = cfg.sweep
     problems = []
     if s.mode == "ablation" and s.ablation_type is None:
-        problems.append("`sweep.ablation_type` must be one of rank, alpha, modules, quantization, grid when "
+        problems.append("`sweep.ablation_type` must be one of rank, alpha, modules, quantization, method, grid when "
                         "`sweep.mode` is ablation, got None")
     if s.mode == "ablation" and s.ablation_type == "grid" and not s.grid:
         problems.append("`sweep.grid` must map at least one dotted key to a list of values for a grid ablation")
@@ -144,9 +174,29 @@ def _validate_sweep(cfg: ExperimentConfig) -> list[str]:
         problems.append(f"`sweep.alphas` must be a non-empty list of numbers > 0, got {s.alphas!r}")
     if not s.ranks or not all(_positive_int(x) for x in s.ranks):
         problems.append(f"`sweep.ranks` must be a non-empty list of positive ints, got {s.ranks!r}")
-    for name in ("presets", "learning_rates", "seeds"):  # an empty axis would expand to zero runs
+    for name in ("presets", "learning_rates"):  # an empty axis would expand to zero runs
         if not getattr(s, name):
             problems.append(f"`sweep.{name}` must be a non-empty list, got []")
+    if s.seeds is not None and (not s.seeds or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                       for x in s.seeds)):
+        problems.append(f"`sweep.seeds` must be a non-empty list of ints >= 0 (or null), got {s.seeds!r}")
+    elif s.seeds is not None and len(set(s.seeds)) != len(s.seeds):
+        problems.append(f"`sweep.seeds` lists a seed twice: {s.seeds!r}")
+    bad = [m for m in s.methods if m not in METHODS]
+    if not s.methods or bad:
+        problems.append(f"`sweep.methods` must list run types from {', '.join(METHODS)}, got {s.methods!r}")
+    elif len(set(s.methods)) != len(s.methods):
+        problems.append(f"`sweep.methods` lists a method twice: {s.methods!r}")
+    if not (isinstance(s.max_drop, (int, float)) and not isinstance(s.max_drop, bool) and 0 <= s.max_drop < 1
+            or s.drop_unit == "absolute" and _positive_number(s.max_drop)):
+        problems.append(f"`sweep.max_drop` must be a number in [0, 1) for a relative drop (0.03 = 3%), or > 0 "
+                        f"with drop_unit absolute, got {s.max_drop!r}")
+    if not (isinstance(s.confidence, float) and 0.5 <= s.confidence < 1):
+        problems.append(f"`sweep.confidence` must be a level in [0.5, 1), e.g. 0.95, got {s.confidence!r}")
+    if not isinstance(s.bootstrap_seed, int) or isinstance(s.bootstrap_seed, bool) or s.bootstrap_seed < 0:
+        problems.append(f"`sweep.bootstrap_seed` must be an int >= 0, got {s.bootstrap_seed!r}")
+    if not _positive_int(s.bootstrap_resamples) or s.bootstrap_resamples < 100:
+        problems.append(f"`sweep.bootstrap_resamples` must be an int >= 100, got {s.bootstrap_resamples!r}")
     if s.backend == "optuna" and not s.storage:
         problems.append("`sweep.storage` must name an Optuna storage (a journal file path or a database URL) "
                         "when `sweep.backend` is optuna, got None")
@@ -189,6 +239,7 @@ def validate(cfg: ExperimentConfig) -> list[str]:
         if not _positive_int(getattr(e, name)):
             problems.append(f"`evaluation.{name}` must be a positive int, got {getattr(e, name)!r}")
     problems += _validate_training(cfg.training)
+    problems += _validate_method(cfg)
     if not _positive_int(cfg.tracking.stats_every_steps):
         problems.append(f"`tracking.stats_every_steps` must be a positive int, got {cfg.tracking.stats_every_steps!r}")
     v = cfg.verification

@@ -98,6 +98,12 @@ def _run_dir_with_adapter(e, weights: bytes | None, config: str = '{"peft_type":
     return run
 
 
+def _full_fine_tuning_run(e, mp):
+    run = e["out"] / "earlier" / "full-run"
+    _write(run / "config.yaml", "task: sst2\nmethod: full\n")
+    return ["--run", str(run)]
+
+
 # (id, entry point, argv builder (env, monkeypatch) -> extra argv, fragments of the one error message)
 CASES = [
     ("yaml-syntax-error", "main", _bad_yaml, ["is not valid YAML at line 3"]),
@@ -182,6 +188,24 @@ CASES = [
      ["must describe a LoRA adapter (peft_type LORA), got 'IA3'"]),
     ("generate-bad-top-p", "generate", lambda e, mp: ["--run", str(e["tmp"]), "--top-p", "1.5"],
      ["`--top-p` must be in (0, 1], got 1.5"]),
+    ("generate-full-fine-tuning-run", "generate", _full_fine_tuning_run,
+     ["is a full fine-tuning run, which saves no adapter; run it with --export-merged"]),
+    ("seeds-not-integers", "main", lambda e, mp: ["--seeds", "42,abc"],
+     ["argument --seeds: expected comma-separated int values, e.g. 42,1337,2024, got '42,abc'"]),
+    ("seed-listed-twice", "main", lambda e, mp: ["--seeds", "42,42"], ["`sweep.seeds` lists a seed twice: [42, 42]"]),
+    ("unknown-method", "main", lambda e, mp: ["--method", "qlora"], ["argument --method: invalid choice: 'qlora'"]),
+    ("unknown-method-in-ablation", "main",
+     lambda e, mp: ["--mode", "ablation", "--ablation-type", "method", "--set", "sweep.methods=[lora,vera]"],
+     ["`sweep.methods` must list run types from lora, full", "got ['lora', 'vera']"]),
+    ("full-fine-tuning-of-a-quantized-base", "main", lambda e, mp: ["--method", "full", "--quantization", "nf4"],
+     ["`method` full trains every weight, which a quantized base cannot (quantization.method 'nf4')"]),
+    ("loftq-without-cuda", "main", lambda e, mp: ["--method", "loftq"],
+     ["`method` 'loftq' needs a CUDA device"]),
+    ("max-drop-out-of-range", "main", lambda e, mp: ["--set", "sweep.max_drop=3"],
+     ["`sweep.max_drop` must be a number in [0, 1) for a relative drop (0.03 = 3%)", "got 3"]),
+    ("lora-plus-with-another-optimizer", "main", lambda e, mp: ["--method", "lora-plus", "--set",
+                                                                 "training.optim=sgd"],
+     ["`method` lora-plus builds its own AdamW", "remove `training.optim` ('sgd')"]),
 ]
 
 

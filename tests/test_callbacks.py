@@ -140,3 +140,89 @@ def test_flattened_delta_norm_matches_dense_delta_w():
     dense = 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight  # alpha/r = 8/4
     assert flat["lora_adapters/bert.encoder.layer.1.attention.self.value/delta_norm"] == pytest.approx(
         float(dense.double().norm()), rel=1e-6)
+
+
+def _train(model, cb, steps=3, lr=1e-2):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for step in range(steps):
+        backward(model)
+        cb.on_pre_optimizer_step(None, state(step), None, model=model)
+        optimizer.step()
+    cb.on_train_end(None, state(steps), None, model=model)
+
+
+@pytest.mark.parametrize("init, rule_parts, verified_a", [
+    (True, ["lora_A non-zero once lora_B has moved", "lora_B non-zero from step 1"], 2),
+    (False, ["lora_A non-zero from step 1", "lora_B non-zero from step 1"], 1),  # both factors random
+    ("pissa", ["lora_A non-zero from step 1", "lora_B non-zero from step 1"], 1),
+    ("olora", ["lora_A non-zero from step 1", "lora_B non-zero from step 1"], 1),
+    ("gaussian", ["lora_A non-zero once lora_B has moved"], 2),
+    ("mica", ["lora_A non-zero from step 1", "lora_B frozen: not applicable"], 1),
+])
+def test_grad_flow_states_and_checks_the_rule_of_each_initialisation(init, rule_parts, verified_a):
+    model, cb = lora_model(init_lora_weights=init), GradFlowCallback(steps=2, init=str(init))
+    _train(model, cb)
+    assert cb.result.passed is True, cb.result.reason
+    assert all(part in cb.result.rule for part in rule_parts), cb.result.rule
+    assert cb.result.lora_A_verified_step == verified_a
+    if init == "mica":
+        assert cb.result.frozen_factors and all(f.endswith("lora_B") for f in cb.result.frozen_factors)
+        assert cb.result.lora_B_verified_step is None  # B is frozen: never checked, never "verified"
+    else:
+        assert cb.result.frozen_factors == []
+
+
+def test_grad_flow_with_both_factors_zero_is_never_passed():
+    """A = B = 0: no factor can receive a gradient, so nothing is observable; the check fails
+    with that reason instead of passing."""
+    model = lora_model()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_A" in n:
+                p.zero_()
+    cb = GradFlowCallback(steps=2)
+    _train(model, cb, lr=0.0)
+    assert cb.result.passed is False
+    assert "never moved" in cb.result.reason
+
+
+def test_dora_magnitude_gradient_is_checked_at_step_one():
+    model, cb = lora_model(use_dora=True), GradFlowCallback(steps=2)
+    _train(model, cb)
+    assert cb.result.passed is True and cb.result.magnitude_min_grad_norm_step1 > 0
+    model, cb = lora_model(use_dora=True), GradFlowCallback(steps=2)
+    backward(model)
+    for n, p in model.named_parameters():
+        if "lora_magnitude_vector" in n:
+            p.grad.zero_()
+    with pytest.raises(VerificationError, match="DoRA magnitude gradient is exactly zero"):
+        cb.on_pre_optimizer_step(None, state(0), None, model=model)
+
+
+def test_full_training_check_names_a_tensor_that_did_not_move():
+    from loraexp.callbacks import FullTrainingCallback
+
+    model = tiny_classifier("bert").train()
+    cb = FullTrainingCallback(steps=1)
+    cb.on_train_begin(None, state(), None, model=model)
+    backward(model)
+    cb.on_pre_optimizer_step(None, state(0), None, model=model)
+    with torch.no_grad():
+        for p in list(model.parameters())[1:]:
+            p.add_(1e-3)  # every tensor but the first moves
+    with pytest.raises(VerificationError, match="did not change"):
+        cb.on_train_end(None, state(1), None, model=model)
+    assert cb.result.passed is False and len(cb.result.unchanged) == 1
+
+
+def test_full_training_check_rejects_a_zero_gradient():
+    from loraexp.callbacks import FullTrainingCallback
+
+    model = tiny_classifier("bert").train()
+    cb = FullTrainingCallback(steps=2)
+    cb.on_train_begin(None, state(), None, model=model)
+    backward(model)
+    next(model.parameters()).grad.zero_()
+    with pytest.raises(VerificationError, match="all-zero gradient at step 1"):
+        cb.on_pre_optimizer_step(None, state(0), None, model=model)
+    assert cb.result.zero_grad

@@ -31,7 +31,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
     ({"max_train_samples": 0}, "`max_train_samples` must be a positive int or null"),
     ({"tracking.wandb": "cloud"}, "`tracking.wandb` must be one of online, offline, disabled, got 'cloud'"),
     ({"tracking.colour": "red"}, "unknown key `tracking.colour`; allowed keys: wandb, project"),
-    ({"sweep.mode": "ablation"}, "`sweep.ablation_type` must be one of rank, alpha, modules, quantization, grid"),
+    ({"sweep.mode": "ablation"},
+     "`sweep.ablation_type` must be one of rank, alpha, modules, quantization, method, grid"),
     ({"sweep.mode": "ablation", "sweep.ablation_type": "grid"}, "`sweep.grid` must map at least one"),
     ({"learning_rate": 1e-4}, "unknown key `learning_rate`; allowed keys: task, model"),
 ])

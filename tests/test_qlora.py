@@ -97,3 +97,45 @@ def test_qlora_merge_into_full_precision_reload(tiny_causal_lm_dir, tmp_path):
     assert result.quantization_gap_max_abs_diff > 0  # 4-bit and full precision differ, and it is reported
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())  # merged in full precision
     assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+@pytest.fixture(scope="module")
+def loud_causal_lm_dir(tmp_path_factory, smollm2_dir) -> str:
+    """A 2-layer Llama whose tied embedding is scaled by 1e4: hidden states and logits of
+    ~1e4 make float32 rounding alone differ merged from adapter outputs by more than 1e-4, as
+    the massive activations of SmolLM2-135M do (docs/verification.md, "Merge tolerance")."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(1e4)
+    path = tmp_path_factory.mktemp("loud-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_quantization_ablation_runs_in_one_process_without_a_false_merge_failure(loud_causal_lm_dir,
+                                                                                tiny_lm_data_dir, tmp_path):
+    """The ablation's three runs (none, nf4, nf4 + double quantization) in one process: every
+    one completes; the full-precision run's float32 merge difference exceeds 1e-4 and the
+    float64 comparison, which decides, is within it."""
+    from loraexp.config import build_config
+    from loraexp.runner import run_sweep
+
+    cfg = build_config(overrides={
+        "model": loud_causal_lm_dir, "task": "shakespeare", "data_dir": tiny_lm_data_dir, "output_dir": str(tmp_path),
+        "sweep.mode": "ablation", "sweep.ablation_type": "quantization", "max_seq_length": 32,
+        "max_eval_samples": 8, "training.max_steps": 3, "training.warmup_steps": 0,
+        "training.per_device_train_batch_size": 4,
+        "training.per_device_eval_batch_size": 4, "training.learning_rate": 1e-3, "evaluation.base_model": False,
+        "verification.merge_space": "logits", "verification.latency_repeats": 1, "lora.target_modules": "attention"})
+    result = run_sweep(cfg, progress=False)
+    assert [r.status for r in result.runs] == ["completed"] * 3, [r.metrics.get("error") for r in result.runs]
+    merge = result.runs[0].metrics["verification"]["merge"]
+    assert merge["float32_max_abs_diff"] > 1e-4 and merge["precision"] == "float64" and merge["max_abs_diff"] <= 1e-4

@@ -27,7 +27,7 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
 
 
 def test_summary_lists_every_run_including_missing(tmp_path):
-    passed = Verification()
+    passed = Verification(not_applicable={"full_training": "LoRA run", "reload": "not checked here"})
     passed.frozen_base.passed = passed.grad_flow.passed = True
     passed.merge = MergeCheck(passed=True, max_abs_diff=1e-7)
     RunStore(tmp_path / "a").write_record(RunRecord(
@@ -44,7 +44,7 @@ def test_summary_lists_every_run_including_missing(tmp_path):
     assert rows[0]["merge_max_abs_diff"] == "1e-07"
     assert rows[1]["error"] == "ValueError: boom" and rows[1]["verification"] == ""  # nothing was observed
     assert list(rows[0]) == list(COLUMN_NAMES)
-    assert markdown.splitlines()[0].startswith("| run_name | status | r |")
+    assert "| run_name | status | method | r |" in markdown
     assert RunStore(tmp_path / "a").is_completed() and not RunStore(tmp_path / "b").is_completed()
 
 
@@ -67,11 +67,28 @@ def test_record_round_trips_through_metrics_json(tmp_path):
     ((True, False, True), False, ["no lora_A gradient"]),
 ])
 def test_verification_passes_only_when_every_check_passed(checks, passed, reasons):
-    verification = Verification()
+    verification = Verification(not_applicable={"full_training": "LoRA run", "reload": "quantized base"})
     verification.frozen_base.passed, verification.grad_flow.passed, verification.merge.passed = checks
     if checks[1] is False:
         verification.grad_flow.reason = "no lora_A gradient"
     assert verification.passed is passed and verification.failure_reasons() == reasons
+
+
+@pytest.mark.parametrize("not_applicable, passed", [
+    ({}, False),  # the two LoRA-less checks apply but were not observed
+    ({"full_training": "LoRA run", "reload": "quantized"}, True),
+    ({n: "n/a" for n in ("frozen_base", "grad_flow", "full_training", "merge", "reload")}, False),  # nothing applies
+])
+def test_not_applicable_checks_are_left_out_and_nothing_passes_vacuously(not_applicable, passed):
+    verification = Verification(not_applicable=not_applicable)
+    verification.frozen_base.passed = verification.grad_flow.passed = verification.merge.passed = True
+    assert verification.passed is passed
+
+
+def test_a_schema_2_record_keeps_its_lora_verification():
+    data = {"schema_version": 2, "status": "completed", "run_name": "a", "verification": {
+        "frozen_base": {"passed": True}, "grad_flow": {"passed": True}, "merge": {"passed": True}}}
+    assert RunRecord.from_dict(data).verification.passed is True
 
 
 def test_wandb_summary_keys_come_from_the_record():

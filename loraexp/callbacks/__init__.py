@@ -4,10 +4,11 @@ from loraexp.callbacks.adapter_stats import AdapterStatsCallback
 from loraexp.callbacks.checkpoint_record import CheckpointRecordCallback
 from loraexp.callbacks.efficiency import EfficiencyCallback
 from loraexp.callbacks.frozen_base import FrozenBaseCallback
+from loraexp.callbacks.full_training import FullTrainingCallback
 from loraexp.callbacks.grad_flow import GradFlowCallback
 from loraexp.callbacks.history import HistoryCallback
 from loraexp.callbacks.non_finite import NonFiniteCallback
 from loraexp.callbacks.progress import QuietProgressCallback
 
 __all__ = ["AdapterStatsCallback", "CheckpointRecordCallback", "EfficiencyCallback", "FrozenBaseCallback",
-           "GradFlowCallback", "HistoryCallback", "NonFiniteCallback", "QuietProgressCallback"]
+           "FullTrainingCallback", "GradFlowCallback", "HistoryCallback", "NonFiniteCallback", "QuietProgressCallback"]

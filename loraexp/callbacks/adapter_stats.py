@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 from loraexp.analysis.adapter_stats import adapter_statistics, aggregate_rank_metrics
 
 ADAPTER_KEYS = ("A_norm", "B_norm", "A_mean", "A_std", "B_mean", "B_std", "delta_norm")
+MAGNITUDE_KEYS = ("magnitude_rel_change", "magnitude_max_abs_change")  # DoRA
 RANK_LOG_KEYS = ("effective_rank", "stable_rank", "k90", "k99", "utilization")
 
 
@@ -18,7 +19,7 @@ def flatten_statistics(stats: dict[str, dict]) -> dict[str, float]:
     and the means over modules ``lora_rank/mean_<metric>``."""
     flat: dict[str, float] = {}
     for module, s in stats.items():
-        flat.update({f"lora_adapters/{module}/{k}": s[k] for k in ADAPTER_KEYS})
+        flat.update({f"lora_adapters/{module}/{k}": s[k] for k in (*ADAPTER_KEYS, *MAGNITUDE_KEYS) if k in s})
         flat.update({f"lora_rank/{module}/{k}": s[k] for k in RANK_LOG_KEYS})
     flat.update({f"lora_rank/{k}": v for k, v in aggregate_rank_metrics(stats).items()})
     return flat
@@ -30,17 +31,20 @@ class AdapterStatsCallback(TrainerCallback):
     :func:`~loraexp.analysis.adapter_stats.adapter_statistics` and hands the flattened
     figures to ``log(metrics, step)``. Reads weights only; changes nothing.
 
-    ``final`` holds the per-module statistics at train end (with singular values).
+    ``initial``: :func:`~loraexp.analysis.adapter_stats.initial_state` (ΔW against the original
+    base for PiSSA/OLoRA, DoRA's magnitude change). ``final`` holds the per-module statistics
+    at train end (with singular values).
     """
 
-    def __init__(self, log: Callable[[dict, int], None], every: int = 50):
+    def __init__(self, log: Callable[[dict, int], None], every: int = 50, initial: dict | None = None):
         self.log = log
         self.every = every
+        self.initial = initial
         self.final: dict[str, dict] = {}
 
     def _record(self, step: int, model) -> dict[str, dict]:
         with torch.no_grad():
-            stats = adapter_statistics(model)
+            stats = adapter_statistics(model, initial=self.initial)
         self.log(flatten_statistics(stats), step)
         return stats
 

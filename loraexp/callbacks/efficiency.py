@@ -70,6 +70,9 @@ class EfficiencyCallback(TrainerCallback):
         seconds = time.perf_counter() - self._start
         global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         peak, kind = peak_memory_bytes()
+        optimizer = kwargs.get("optimizer")
+        state_bytes = sum(t.numel() * t.element_size() for per_param in getattr(optimizer, "state", {}).values()
+                          for t in per_param.values() if torch.is_tensor(t))
         steps = state.global_step - self._first_step
         tokens = (state.num_input_tokens_seen or 0) - self._first_tokens
         self.result = {
@@ -79,4 +82,5 @@ class EfficiencyCallback(TrainerCallback):
             "tokens_per_s": tokens / seconds if seconds else 0.0,
             "peak_mem_bytes": peak,
             "peak_mem_kind": kind,
+            "optimizer_state_bytes": int(state_bytes),
         }

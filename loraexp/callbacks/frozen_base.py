@@ -21,11 +21,13 @@ class FrozenBaseCallback(TrainerCallback):
     * train end: every base tensor is bit-identical to its start (BLAKE2b of raw bytes).
 
     ``result`` is a :class:`~loraexp.record.FrozenBaseCheck` (``passed`` stays None until
-    train end).
+    train end). The fingerprints are taken after the adapter's initialisation, so for PiSSA
+    and OLoRA the frozen base is the residual W − s·B0·A0 they produce (``reference`` says so).
     """
 
-    def __init__(self):
-        self.result = FrozenBaseCheck()
+    def __init__(self, reference: str | None = None):
+        self.reference = reference
+        self.result = FrozenBaseCheck(reference=reference)
         self._start: dict[str, str] = {}
         self._grads_checked = False
 
@@ -37,7 +39,7 @@ class FrozenBaseCallback(TrainerCallback):
         model = kwargs["model"]
         params = base_parameters(model)
         requires = [n for n, p in params.items() if p.requires_grad]
-        self.result = FrozenBaseCheck(base_tensors=len(params), base_requires_grad=requires)
+        self.result = FrozenBaseCheck(base_tensors=len(params), base_requires_grad=requires, reference=self.reference)
         if requires:
             self._fail("require grad", requires)
         self._start = fingerprint_base(model)

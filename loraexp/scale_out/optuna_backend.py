@@ -33,6 +33,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from loraexp.comparison import Settings
 from loraexp.errors import ConfigError
 from loraexp.objective import objective
 from loraexp.preflight import preflight
@@ -160,5 +161,5 @@ def run_optuna(cfg: ExperimentConfig, resume: bool = True) -> SweepResult:
     mine += _take_over_stale_trials(study, cfg, grid, metric, resume)
     names = [name for name, _ in runs] if grid else sorted(
         p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
-    rows = write_sweep_summary(sweep_dir, names)
-    return SweepResult(sweep_dir, mine, rows, metric, direction)
+    summary = write_sweep_summary(sweep_dir, names, Settings.from_config(cfg, metric))
+    return SweepResult(sweep_dir, mine, summary.rows, metric, direction, summary.comparison)

@@ -67,6 +67,13 @@ class Task(Protocol):
         """Keyword arguments for ``Trainer``: ``compute_metrics`` and, if needed,
         ``preprocess_logits_for_metrics``; empty for loss-only evaluation."""
 
+    def example_scores(self, predictions, label_ids, tokenizer) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(columns, scores)`` of the final evaluation, from ``Trainer.predict``'s
+        ``predictions`` (after ``preprocess_logits_for_metrics``) and ``label_ids``: per-example
+        columns for ``predictions.npz`` (``index``, ``label``, ``prediction``, ``score`` for a
+        classifier) and, per metric, :class:`~loraexp.statistics.ExampleScores` (what the paired
+        bootstrap resamples)."""
+
     def training_defaults(self) -> dict[str, Any]:
         """``TrainingArguments`` fields this task needs unless the config sets them."""
 

@@ -16,6 +16,20 @@ from loraexp.tasks.base import SPLITS
 IGNORE_INDEX = -100  # label of tokens without loss (torch.nn.CrossEntropyLoss ignore_index)
 
 
+def token_nll(logits, labels):
+    """``(batch, 2)`` float32: per row, the summed next-token NLL (nats) over the labelled
+    positions (labels shifted by one, ``-100`` ignored) and their count, from ``logits``
+    ``(batch, seq, vocab)`` and ``labels`` ``(batch, seq)``; the loss the model computes, per row."""
+    import torch
+
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    shifted = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), shifted,
+                                            ignore_index=IGNORE_INDEX, reduction="none")
+    return torch.stack([nll.sum(-1), (shifted != IGNORE_INDEX).sum(-1).float()], dim=-1)
+
+
 class CausalLMTask:
     """Base of causal-LM tasks (a :class:`~loraexp.tasks.base.Task`). Subclasses set
     ``name``, ``local_files`` (split -> path relative to the data directory; the same path
@@ -67,9 +81,22 @@ class CausalLMTask:
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
 
     def trainer_metrics(self, tokenizer) -> dict[str, Any]:
-        """Keyword arguments for ``Trainer`` (``compute_metrics``, ``preprocess_logits_for_metrics``);
-        none by default: loss-only evaluation keeps no logits."""
-        return {}
+        """Keyword arguments for ``Trainer``: ``preprocess_logits_for_metrics`` reducing each
+        row's ``(seq, vocab)`` logits to (summed token NLL, token count), used only by
+        ``Trainer.predict`` (the final evaluation, for per-example scores); ``evaluate`` without
+        ``compute_metrics`` keeps no logits."""
+        return {"preprocess_logits_for_metrics": token_nll}
+
+    def example_scores(self, nll_and_tokens, label_ids, tokenizer) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Per-example columns (``index``, ``nll``, ``tokens``) and the ``loss`` / ``perplexity``
+        :class:`~loraexp.statistics.ExampleScores` from :func:`token_nll` rows ``(n, 2)``."""
+        import numpy as np
+
+        from loraexp.statistics import token_loss_scores
+
+        rows = np.asarray(nll_and_tokens, dtype=np.float64).reshape(-1, 2)
+        columns = {"index": np.arange(len(rows)), "nll": rows[:, 0], "tokens": rows[:, 1]}
+        return columns, token_loss_scores(rows)
 
     def training_defaults(self) -> dict[str, Any]:
         """None: the Trainer's defaults (token-level loss, averaged across processes) fit."""

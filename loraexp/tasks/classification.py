@@ -122,6 +122,22 @@ class ClassificationTask:
         """None: classification is scored from logits only."""
         return None
 
+    def example_scores(self, logits, labels, tokenizer=None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Per-example columns (``index``, ``label``, ``prediction``, ``score`` = softmax
+        probability of the predicted class) and :class:`~loraexp.statistics.ExampleScores` of
+        ``accuracy`` (and ``f1``) from ``logits`` ``(n, num_labels)`` and ``labels`` ``(n,)``."""
+        import numpy as np
+
+        from loraexp.statistics import classification_scores
+
+        logits = np.asarray(logits, dtype=np.float64)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        predictions, labels = probs.argmax(-1), np.asarray(labels)
+        columns = {"index": np.arange(len(labels)), "label": labels, "prediction": predictions,
+                   "score": probs.max(-1)}
+        return columns, classification_scores(predictions, labels, binary_f1="f1" in self.metrics)
+
     def compute_metrics(self, logits, labels) -> dict[str, float]:
         """GLUE metrics from ``logits`` ``(n, num_labels)`` and integer ``labels`` ``(n,)``
         (numpy arrays)."""

@@ -9,6 +9,8 @@ prediction is the larger one, so a base model gets a zero-shot accuracy from the
 
 from __future__ import annotations
 
+from typing import Any
+
 from loraexp.errors import ModelError
 from loraexp.tasks.base import SPLITS
 from loraexp.tasks.causal_lm import IGNORE_INDEX, CausalLMTask
@@ -87,6 +89,24 @@ class SST2VerbalizerTask(CausalLMTask):
             return {"accuracy": self.accuracy(prediction.predictions, prediction.label_ids, word_ids)}
 
         return {"preprocess_logits_for_metrics": preprocess, "compute_metrics": compute}
+
+    def example_scores(self, scores, label_ids, tokenizer) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Per-example columns (``index``, ``label``, ``prediction``, ``score`` = the winning
+        label word's logit) and the ``accuracy`` :class:`~loraexp.statistics.ExampleScores`,
+        from the label-word logits ``(n, num_labels)`` and ``label_ids`` ``(n, seq)``."""
+        import numpy as np
+
+        from loraexp.statistics import classification_scores
+
+        word_ids = label_token_ids(tokenizer)
+        label_ids = np.asarray(label_ids)
+        first = (label_ids != IGNORE_INDEX).argmax(axis=-1)
+        gold_tokens = label_ids[np.arange(len(label_ids)), first]
+        gold = np.array([word_ids.index(int(t)) for t in gold_tokens])
+        scores = np.asarray(scores)
+        predictions = scores.argmax(-1)
+        columns = {"index": np.arange(len(gold)), "label": gold, "prediction": predictions, "score": scores.max(-1)}
+        return columns, classification_scores(predictions, gold, binary_f1=False)
 
     @staticmethod
     def accuracy(scores, label_ids, word_ids: list[int]) -> float:
