@@ -146,6 +146,8 @@ def overrides_for(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     points = points_for(cfg)
     points += baseline_points(cfg, points)
     seeds = seeds_for(cfg)
+    if seeds == [cfg.seed]:  # no replicates: the points as they are (an external grid gets no seed axis)
+        return points
     return [point if "seed" in point else {**point, "seed": seed} for point in points
             for seed in (seeds if "seed" not in point else [point["seed"]])]
 

@@ -141,7 +141,8 @@ def test_pareto_front(costs, qualities, front):
 def test_generation_records_give_per_question_exact_match():
     from loraexp.statistics import record_scores
 
-    records = [{"exact_match": True, "exact_match_flexible": True}, {"exact_match": False, "exact_match_flexible": True}]
+    records = [{"exact_match": True, "exact_match_flexible": True},
+               {"exact_match": False, "exact_match_flexible": True}]
     scores = record_scores(records, ["exact_match", "exact_match_flexible", "generation_samples"])
     assert set(scores) == {"exact_match", "exact_match_flexible"}
     assert scores["exact_match"].value() == 0.5 and scores["exact_match_flexible"].value() == 1.0
