@@ -70,3 +70,33 @@ def load_adapter(base_model, path: str | Path, field: str = "adapter"):
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ConfigError(f"`{field}` directory {str(path)!r} does not fit the base model "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
+
+
+def save_initial_adapter(peft_model, path: str | Path) -> None:
+    """Save the adapter of a base-rewriting initialisation (PiSSA, OLoRA) right after
+    ``get_peft_model``, as PEFT's weight conversion needs it: with ``init_lora_weights`` set
+    to ``True`` while saving (PEFT's documented recipe), restored afterwards."""
+    config = peft_model.peft_config["default"]
+    init = config.init_lora_weights
+    config.init_lora_weights = True
+    try:
+        peft_model.save_pretrained(str(path))
+    finally:
+        config.init_lora_weights = init
+
+
+def save_converted_adapter(peft_model, adapter_dir: str | Path, initial_dir: str | Path) -> None:
+    """Save a base-rewriting adapter converted to apply to the original base
+    (``save_pretrained(..., path_initial_model_for_weight_conversion=initial_dir)``, rank 2r),
+    then add the trained ``modules_to_save`` tensors (a classification head) that PEFT 0.21's
+    conversion leaves out of the file, under the keys ``get_peft_model_state_dict`` gives them."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    peft_model.save_pretrained(str(adapter_dir), path_initial_model_for_weight_conversion=str(initial_dir))
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    saved = load_file(path)
+    missing = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()
+               if k not in saved and "lora_" not in k}
+    if missing:
+        save_file({**saved, **missing}, str(path), metadata={"format": "pt"})

@@ -108,6 +108,22 @@ def convertible(init_lora_weights: Any) -> bool:
     return init_name(init_lora_weights).startswith(CONVERTIBLE_INITS)
 
 
+def not_applicable_checks(method: str, init_lora_weights: Any, quantized: bool) -> dict[str, str]:
+    """Check name -> why it does not apply to a run of ``method`` (with that initialisation, on
+    a quantized base or not): :attr:`loraexp.record.Verification.not_applicable`."""
+    if not is_lora(method):
+        return {"frozen_base": "full fine-tuning trains every weight", "grad_flow": "no LoRA factors",
+                "merge": "no adapter to merge", "reload": "no adapter: the trained weights are the model"}
+    out = {"full_training": "LoRA run: the base is frozen"}
+    if quantized:
+        out["reload"] = ("quantized base: the merge check loads the saved adapter onto a full-precision reload "
+                         "of the base")
+    elif rewrites_base(init_lora_weights) and not convertible(init_lora_weights):
+        out["reload"] = (f"{init_name(init_lora_weights)} adapters apply to the base their initialisation rewrote; "
+                         "PEFT converts only pissa, olora and corda adapters back to the original base")
+    return out
+
+
 def full_learning_rate(options, task_type: str) -> float:
     """``options.full_learning_rate``, else :data:`FULL_LEARNING_RATES` for the objective."""
     return options.full_learning_rate or FULL_LEARNING_RATES.get(task_type, FULL_LEARNING_RATES[SEQ_CLS])
@@ -138,5 +154,6 @@ def check_method_device(method: str, cuda: bool) -> str | None:
 
 
 __all__ = ["FULL_LEARNING_RATES", "METHODS", "METHOD_LORA_FIELDS", "check_method_device", "convertible",
-           "full_learning_rate", "init_name", "is_lora", "lora_fields", "loraplus_optimizer", "options_used",
+           "full_learning_rate", "init_name", "is_lora", "lora_fields", "loraplus_optimizer", "not_applicable_checks",
+           "options_used",
            "rewrites_base"]

@@ -145,6 +145,7 @@ class LoraRecipe:
         self.callbacks: dict[str, Any] = {}
         self.initial: dict[str, Any] = {}  # initial factors / DoRA magnitudes (adapter_stats.initial_state)
         self.reference_logits = None  # the evaluated model's outputs on the check batches
+        self._check_batches: list[dict[str, Any]] | None = None
 
     # -- stages --------------------------------------------------------------------------
     def start(self, resume: bool) -> None:
@@ -199,7 +200,7 @@ class LoraRecipe:
         initialised; docs/methods.md), or, for full fine-tuning, train the model itself; record
         the parameter report and which checks apply."""
         from loraexp.analysis.params import parameter_report
-        from loraexp.methods import init_name, is_lora, lora_fields
+        from loraexp.methods import init_name, is_lora, lora_fields, not_applicable_checks
         from loraexp.models import attach_lora, resolve_model
 
         cfg, task = self.cfg, self.task
@@ -222,7 +223,8 @@ class LoraRecipe:
             device=str(self.tuned_model.device), method=cfg.method,
             init_lora_weights=init_name(lora_config.init_lora_weights) if lora_config else None,
             learning_rate=self.training["learning_rate"])
-        self.record.verification.not_applicable = self.not_applicable_checks()
+        self.record.verification.not_applicable = not_applicable_checks(
+            cfg.method, lora_config.init_lora_weights if lora_config else None, cfg.quantization.method != "none")
         self.record.efficiency = parameter_report(self.tuned_model)
         self.tracker.summary({f"efficiency/{k}": v for k, v in self.record.efficiency.items()
                               if not isinstance(v, dict)})
@@ -233,6 +235,7 @@ class LoraRecipe:
         batches); for an initialisation that rewrites the base (PiSSA, OLoRA, CorDA), the
         initial adapter saved for PEFT's conversion at save time; the initial factors (ΔW
         against the original base) and DoRA magnitudes kept for the rank analysis."""
+        from loraexp.adapters import save_initial_adapter
         from loraexp.analysis.adapter_stats import initial_state
         from loraexp.methods import convertible, init_name, rewrites_base
 
@@ -240,12 +243,7 @@ class LoraRecipe:
         if init_name(init) == "eva":
             self.initialise_eva()
         if convertible(init) and self.main:
-            config = self.tuned_model.peft_config["default"]
-            config.init_lora_weights = True  # PEFT's recipe: save the initial adapter as a plain LoRA adapter
-            try:
-                self.tuned_model.save_pretrained(str(self.initial_adapter_dir))
-            finally:
-                config.init_lora_weights = init
+            save_initial_adapter(self.tuned_model, self.initial_adapter_dir)
         self.initial = initial_state(self.tuned_model, factors=rewrites_base(init))
 
     def initialise_eva(self) -> None:
@@ -261,23 +259,6 @@ class LoraRecipe:
             if len(batches) == self.cfg.method_options.eva_batches:
                 break
         initialize_lora_eva_weights(self.tuned_model, batches, show_progress_bar=False)
-
-    def not_applicable_checks(self) -> dict[str, str]:
-        """Check name -> why it does not apply to this run (:attr:`~loraexp.record.Verification.not_applicable`)."""
-        from loraexp.methods import convertible, init_name, is_lora, rewrites_base
-
-        if not is_lora(self.cfg.method):
-            return {"frozen_base": "full fine-tuning trains every weight", "grad_flow": "no LoRA factors",
-                    "merge": "no adapter to merge", "reload": "no adapter: the trained weights are the model"}
-        out = {"full_training": "LoRA run: the base is frozen"}
-        init = self.tuned_model.peft_config["default"].init_lora_weights
-        if self.cfg.quantization.method != "none":
-            out["reload"] = ("quantized base: the merge check loads the saved adapter onto a full-precision reload "
-                             "of the base")
-        elif rewrites_base(init) and not convertible(init):
-            out["reload"] = (f"{init_name(init)} adapters apply to the base their initialisation rewrote; PEFT "
-                             "converts only pissa, olora and corda adapters back to the original base")
-        return out
 
     def build_trainer(self) -> None:
         """``transformers.Trainer`` with loraexp's verification and tracking callbacks."""
@@ -352,6 +333,7 @@ class LoraRecipe:
         is converted by PEFT to apply to the original base) and record the final adapter
         statistics and rank metrics. Full fine-tuning saves the model only with
         ``export_merged`` (to ``<run>/merged``)."""
+        from loraexp.adapters import save_converted_adapter
         from loraexp.analysis.adapter_stats import aggregate_rank_metrics
         from loraexp.methods import is_lora
 
@@ -363,7 +345,7 @@ class LoraRecipe:
             if "reload" not in self.record.verification.not_applicable:
                 self.capture_reference_outputs()
             if self.initial_adapter_dir.is_dir():
-                self.save_converted_adapter()
+                save_converted_adapter(self.tuned_model, self.store.adapter_dir, self.initial_adapter_dir)
             else:
                 self.tuned_model.save_pretrained(str(self.store.adapter_dir))
         final = self.callbacks["stats"].final
@@ -386,7 +368,7 @@ class LoraRecipe:
             verification.reload = ReloadCheck(passed=True, checked_on="rank 0")
             return
         v, task = self.cfg.verification, self.task
-        batches = self.eval_batches(v.merge_eval_batches, task.merge_check_rows)
+        batches = self.check_batches()
         space = task.merge_space if v.merge_space == "auto" else v.merge_space
         if self.cfg.quantization.method == "none":
             if "reload" not in verification.not_applicable:
@@ -460,27 +442,7 @@ class LoraRecipe:
         the reload check compares the saved adapter with."""
         from loraexp.analysis.merge import model_logits
 
-        v = self.cfg.verification
-        self.reference_logits = model_logits(self.tuned_model.eval(),
-                                             self.eval_batches(v.merge_eval_batches, self.task.merge_check_rows))
-
-    def save_converted_adapter(self) -> None:
-        """Save a base-rewriting adapter converted to apply to the original base
-        (``save_pretrained(..., path_initial_model_for_weight_conversion=...)``, rank 2r), then
-        add the trained ``modules_to_save`` tensors (a classification head) that PEFT 0.21's
-        conversion leaves out of the file, under the keys ``get_peft_model_state_dict`` gives
-        them."""
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import load_file, save_file
-
-        self.tuned_model.save_pretrained(str(self.store.adapter_dir),
-                                         path_initial_model_for_weight_conversion=str(self.initial_adapter_dir))
-        path = self.store.adapter_dir / "adapter_model.safetensors"
-        saved = load_file(path)
-        missing = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(self.tuned_model).items()
-                   if k not in saved and "lora_" not in k}
-        if missing:
-            save_file({**saved, **missing}, str(path), metadata={"format": "pt"})
+        self.reference_logits = model_logits(self.tuned_model.eval(), self.check_batches())
 
     def save_model(self, model) -> None:
         """``save_pretrained`` ``model`` and the tokenizer to ``<run>/merged``."""
@@ -576,6 +538,14 @@ class LoraRecipe:
             save_predictions(self.store.run_dir / PREDICTIONS_FILE, columns, scores)
             self.record.predictions_file = PREDICTIONS_FILE
         return out
+
+    def check_batches(self) -> list[dict[str, Any]]:
+        """The eval batches the reload and merge checks compare on
+        (``verification.merge_eval_batches``, cut to the task's ``merge_check_rows``), taken once."""
+        if self._check_batches is None:
+            self._check_batches = self.eval_batches(self.cfg.verification.merge_eval_batches,
+                                                    self.task.merge_check_rows)
+        return self._check_batches
 
     def eval_batches(self, count: int, max_rows: int | None) -> list[dict[str, Any]]:
         """The first ``count`` eval batches without labels, each cut to ``max_rows`` rows."""
