@@ -69,8 +69,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         recipe.attach_adapter()
         recipe.build_trainer()
         recipe.evaluate_base_model()
+        recipe.capture_probe_base()
         recipe.train_or_restore()
         recipe.evaluate()
+        recipe.measure_drift()
         recipe.save_adapter()
         recipe.verify_merge()
         recipe.conclude()
@@ -146,6 +148,8 @@ class LoraRecipe:
         self.initial: dict[str, Any] = {}  # initial factors / DoRA magnitudes (adapter_stats.initial_state)
         self.reference_logits = None  # the evaluated model's outputs on the check batches
         self._check_batches: list[dict[str, Any]] | None = None
+        self.probe_base: list[Any] | None = None  # base hidden states on the probe examples, per layer
+        self._probe_batches: list[dict[str, Any]] | None = None
 
     # -- stages --------------------------------------------------------------------------
     def start(self, resume: bool) -> None:
@@ -310,6 +314,16 @@ class LoraRecipe:
         with self.base_model_view():
             self.record.base_eval = self.evaluate_as("base")
 
+    def capture_probe_base(self) -> None:
+        """On rank 0, before training: the base model's hidden states on the first
+        ``tracking.cka_probe_examples`` eval examples, pooled per example
+        (:func:`~loraexp.analysis.cka.pooled_hidden_states`), for :meth:`measure_drift`."""
+        from loraexp.analysis.cka import pooled_hidden_states
+
+        if self.main and self.cfg.tracking.cka_probe_examples:
+            with self.base_model_view():
+                self.probe_base = pooled_hidden_states(self.tuned_model, self.probe_batches())
+
     def train_or_restore(self) -> None:
         """``Trainer.train`` (from the checkpoint, if resuming), or -- when the checkpoint was
         saved at the last optimizer step -- load its adapter instead: resuming there would
@@ -327,6 +341,23 @@ class LoraRecipe:
         """Evaluate the trained model on the eval split, keeping its per-example scores in
         ``predictions.npz`` (:mod:`loraexp.statistics`)."""
         self.record.eval = self.evaluate_as("eval", keep_examples=True)
+
+    def measure_drift(self) -> None:
+        """Representation drift: linear CKA per layer between the base model's and the trained
+        model's hidden states on the probe examples (docs/design.md, "Representation drift"),
+        into ``metrics.json`` and the tracker."""
+        from loraexp.analysis.cka import layerwise_cka, pooled_hidden_states
+
+        if self.probe_base is None:
+            return
+        adapted = pooled_hidden_states(self.tuned_model, self.probe_batches())
+        cka = layerwise_cka(self.probe_base, adapted)
+        self.record.representation_drift = {
+            "metric": "linear CKA (Kornblith et al. 2019)", "probe_examples": int(adapted[0].shape[0]),
+            "pooling": "mean over non-padding tokens", "layers": ["embeddings", *map(str, range(1, len(cka)))],
+            "cka": cka}
+        self.tracker.table("representation_drift/cka", ["layer", "cka"], [[i, c] for i, c in enumerate(cka)],
+                           line=("layer", "cka", "Linear CKA, base vs trained, per layer"))
 
     def save_adapter(self) -> None:
         """``save_pretrained`` the adapter (safetensors; an initialisation that rewrote the base
@@ -351,6 +382,10 @@ class LoraRecipe:
         final = self.callbacks["stats"].final
         self.record.lora_rank = aggregate_rank_metrics(final)
         self.record.adapter_statistics = final
+        self.tracker.table("lora_rank/singular_values", ["module", "index", "singular_value"],
+                           [[module, i + 1, sigma] for module, stats in final.items()
+                            for i, sigma in enumerate(stats["singular_values"])],
+                           line=("index", "singular_value", "Singular values of ΔW per module", "module"))
 
     def verify_merge(self) -> None:
         """On rank 0, for a LoRA run: the reload check (the saved adapter on a fresh load of the
@@ -546,6 +581,20 @@ class LoraRecipe:
             self._check_batches = self.eval_batches(self.cfg.verification.merge_eval_batches,
                                                     self.task.merge_check_rows)
         return self._check_batches
+
+    def probe_batches(self) -> list[dict[str, Any]]:
+        """The eval batches (without labels) holding the first ``tracking.cka_probe_examples``
+        eval examples, taken once, so the base and the trained model see the same ones."""
+        if self._probe_batches is None:
+            wanted, rows, self._probe_batches = self.cfg.tracking.cka_probe_examples, 0, []
+            for batch in self.trainer.get_eval_dataloader():
+                take = min(wanted - rows, len(batch["input_ids"]))
+                self._probe_batches.append({k: v[:take].to(self.tuned_model.device)
+                                            for k, v in batch.items() if k != "labels"})
+                rows += take
+                if rows == wanted:
+                    break
+        return self._probe_batches
 
     def eval_batches(self, count: int, max_rows: int | None) -> list[dict[str, Any]]:
         """The first ``count`` eval batches without labels, each cut to ``max_rows`` rows."""

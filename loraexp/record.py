@@ -191,8 +191,10 @@ class RunRecord:
     ``training_efficiency``: :class:`~loraexp.callbacks.efficiency.EfficiencyCallback` figures
     and weight bytes; ``eval``/``base_eval``: metrics of the trained / base model without
     the ``eval_`` prefix; ``lora_rank``: means over modules of the rank metrics;
-    ``adapter_statistics``: per-module statistics at train end; ``wall_seconds``: the whole
-    run, seconds.
+    ``adapter_statistics``: per-module statistics at train end; ``representation_drift``: linear
+    CKA per layer between the base and the trained model on the probe examples
+    (:mod:`loraexp.analysis.cka`; empty when not measured); ``wall_seconds``: the whole run,
+    seconds.
     """
 
     run_id: str
@@ -212,6 +214,7 @@ class RunRecord:
     verification: Verification = field(default_factory=Verification)
     lora_rank: dict[str, float] = field(default_factory=dict)
     adapter_statistics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    representation_drift: dict[str, Any] = field(default_factory=dict)
     resumed_from: str | None = None
     merged_dir: str | None = None
     error: str | None = None

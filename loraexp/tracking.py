@@ -13,9 +13,14 @@ from typing import Any, Protocol
 logger = logging.getLogger(__name__)
 
 
+STEP_METRIC = "train/global_step"  # the shared x axis of every per-step chart (optimizer steps)
+
+
 class Tracker(Protocol):
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
     def summary(self, metrics: dict[str, Any]) -> None: ...
+    def table(self, key: str, columns: list[str], rows: list[list[Any]],
+              line: tuple[str, ...] | None = None) -> None: ...
     def finish(self, exit_code: int = 0) -> None: ...
 
 
@@ -28,12 +33,21 @@ class NoOpTracker:
     def summary(self, metrics: dict[str, Any]) -> None:
         pass
 
+    def table(self, key: str, columns: list[str], rows: list[list[Any]],
+              line: tuple[str, ...] | None = None) -> None:
+        pass
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 
 
 class WandbTracker:
     """One W&B run: ``wandb.init(mode, project, entity, group, name, config, dir)``.
+
+    Every per-step metric is plotted against :data:`STEP_METRIC` (the optimizer step, logged
+    with each row; ``define_metric("*", step_metric=...)``), so the default workspace shows the
+    loss and learning-rate curves of all runs of a group on one step axis (docs/results.md,
+    "W&B dashboard").
 
     Args:
         mode: ``online`` or ``offline``.
@@ -48,9 +62,27 @@ class WandbTracker:
 
         self._run = wandb.init(mode=mode, project=project, entity=entity, group=group, name=name,
                                config=config, dir=directory, reinit="finish_previous")
+        self._run.define_metric(STEP_METRIC)
+        self._run.define_metric("*", step_metric=STEP_METRIC)
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if step is not None:
+            metrics = {STEP_METRIC: step, **metrics}
         self._run.log(metrics, step=step)
+
+    def table(self, key: str, columns: list[str], rows: list[list[Any]],
+              line: tuple[str, ...] | None = None) -> None:
+        """Log ``rows`` as a ``wandb.Table`` under ``key``; with ``line = (x, y, title[, stroke])``
+        also a line chart of it (``wandb.plot.line``, one line per ``stroke`` value) under
+        ``key + "_chart"``."""
+        import wandb
+
+        table = wandb.Table(columns=columns, data=rows)
+        logged: dict[str, Any] = {key: table}
+        if line is not None:
+            x, y, title, *stroke = line
+            logged[f"{key}_chart"] = wandb.plot.line(table, x, y, stroke=stroke[0] if stroke else None, title=title)
+        self._run.log(logged)
 
     def summary(self, metrics: dict[str, Any]) -> None:
         self._run.summary.update(metrics)

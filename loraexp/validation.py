@@ -242,6 +242,11 @@ def validate(cfg: ExperimentConfig) -> list[str]:
     problems += _validate_method(cfg)
     if not _positive_int(cfg.tracking.stats_every_steps):
         problems.append(f"`tracking.stats_every_steps` must be a positive int, got {cfg.tracking.stats_every_steps!r}")
+    probe = cfg.tracking.cka_probe_examples
+    if not (_positive_int(probe) and probe >= 2) and not (isinstance(probe, int) and not isinstance(probe, bool)
+                                                            and probe == 0):
+        problems.append(f"`tracking.cka_probe_examples` must be 0 (off) or an int >= 2 (CKA compares examples), "
+                        f"got {probe!r}")
     v = cfg.verification
     if v.grad_flow_steps < 2:
         problems.append(f"`verification.grad_flow_steps` must be an int >= 2, got {v.grad_flow_steps!r}")

@@ -52,7 +52,8 @@ def adapter_statistics(model: torch.nn.Module, adapter: str = "default",
 
     For each module (keys shortened by :func:`short_module_name`):
     ``A_norm``/``B_norm`` (Frobenius), ``A_mean``, ``A_std``, ``B_mean``, ``B_std``,
-    ``delta_norm`` = ‖ΔW‖_F, ``scaling`` (PEFT's: α/r, or α/√r with rsLoRA), ``r`` and the keys
+    ``delta_norm`` = ‖ΔW‖_F, ``scaling`` (PEFT's: α/r, or α/√r with rsLoRA), ``r``,
+    ``in_features``, ``out_features`` and the keys
     of :func:`~loraexp.analysis.svd.rank_metrics`, plus ``singular_values`` (list, descending).
 
     ΔW is the update the adapter makes to the *original* base: s·B·A, or, when ``initial``
@@ -80,7 +81,7 @@ def adapter_statistics(model: torch.nn.Module, adapter: str = "default",
         metrics = rank_metrics(sigma, r=a.shape[0])
         af, bf = a.detach().float(), b.detach().float()
         out[short] = {
-            "r": a.shape[0], "scaling": scaling, "delta_form": "BA - B0A0" if "lora_A" in start else "BA",
+            "r": a.shape[0], "in_features": a.shape[1], "out_features": b.shape[0], "scaling": scaling, "delta_form": "BA - B0A0" if "lora_A" in start else "BA",
             "A_norm": float(af.norm()), "B_norm": float(bf.norm()),
             "A_mean": float(af.mean()), "A_std": float(af.std()),
             "B_mean": float(bf.mean()), "B_std": float(bf.std()),
