@@ -8,6 +8,8 @@ allowed values and default; every other field is reached with ``--set key=value`
 
 Exit codes: 0 every run completed; 1 some run failed (recorded in its metrics.json);
 2 bad input (config, task, model, target modules, data files), found before any training.
+``loraexp report SWEEP_DIR`` writes a sweep's report (:mod:`loraexp.report.cli`); every sweep
+ends with it unless ``--no-report``.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="loraexp", description="LoRA fine-tuning experiments (single runs, sweeps, ablations) on PEFT.",
         epilog="Precedence: schema defaults < --config YAML < flags < --set. Every config key is listed in "
-               "docs/configuration.md. Exit codes: 0 all runs completed, 1 some run failed, 2 bad input.")
+               "docs/configuration.md. Exit codes: 0 all runs completed, 1 some run failed, 2 bad input. "
+               "Reports: loraexp report SWEEP_DIR [--confirm] (see loraexp report --help).")
     p.add_argument("--config", metavar="YAML", help="YAML config file (see configs/).")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="Override any config key; values are YAML, e.g. --set lora.r=32 "
@@ -100,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "running; then `wandb sweep SWEEP_YAML` and `wandb agent <id>` on each VM.")
     console = p.add_argument_group("console")
     console.add_argument("--no-progress", action="store_true", help="Hide the sweep progress bar.")
+    console.add_argument("--no-report", action="store_true",
+                         help="Do not write the sweep report (report.md, report.html, figures/) at the end; "
+                              "`loraexp report SWEEP_DIR` writes it later.")
     console.add_argument("--verbose", action="store_true",
                          help="Show the Trainer's log dicts and every third-party warning and log message.")
     return p
@@ -115,7 +121,13 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python experiments/lora_finetune.py`` and the ``loraexp`` script."""
+    """Entry point of ``python experiments/lora_finetune.py`` and the ``loraexp`` script;
+    ``loraexp report ...`` goes to :func:`loraexp.report.cli.main`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        from loraexp.report.cli import main as report_main
+
+        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     from loraexp import console
     from loraexp.config import load_config, parse_set_overrides
@@ -140,7 +152,22 @@ def main(argv: list[str] | None = None) -> int:
     code = 0 if result.all_completed else 1
     if is_main_process():  # under accelerate launch, rank 0 prints
         console.print_summary(result)
+        if not args.no_report:
+            _report(result.sweep_dir)
     return code
+
+
+def _report(sweep_dir) -> None:
+    """Write the sweep report; a failure is logged and leaves the sweep's exit code alone."""
+    import logging
+
+    from loraexp.report.cli import run_report
+
+    try:
+        run_report(str(sweep_dir))
+    except Exception as exc:  # noqa: BLE001 -- the runs and summary are written; the report is extra
+        logging.getLogger(__name__).error("the report of %s was not written: %s: %s", sweep_dir,
+                                          type(exc).__name__, exc)
 
 
 def _export(cfg: ExperimentConfig, path: str) -> int:

@@ -170,7 +170,7 @@ class LoraRecipe:
         self.store.start_history(keep_until_step=checkpoint_step(self.checkpoint) if self.checkpoint else None)
         cfg = self.cfg
         self.tracker = make_tracker(cfg.tracking.wandb, project=cfg.tracking.project, entity=cfg.tracking.entity,
-                                    group=cfg.sweep.name or self.record.run_name, name=self.record.run_name,
+                                    group=self.store.run_dir.parent.name, name=self.record.run_name,
                                     config=self.record.config, directory=str(self.store.run_dir),
                                     is_main_process=self.main)
 
@@ -344,7 +344,7 @@ class LoraRecipe:
 
     def measure_drift(self) -> None:
         """Representation drift: linear CKA per layer between the base model's and the trained
-        model's hidden states on the probe examples (docs/design.md, "Representation drift"),
+        model's hidden states on the probe examples (docs/report.md, "Representation drift"),
         into ``metrics.json`` and the tracker."""
         from loraexp.analysis.cka import layerwise_cka, pooled_hidden_states
 

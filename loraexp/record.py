@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3  # 1: untyped (flat verification keys); 2: typed, LoRA checks only; 3: run types, reload check
+# 1: untyped (flat verification keys); 2: typed, LoRA checks only; 3: run types, reload check;
+# 4: representation_drift
+SCHEMA_VERSION = 4
 
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"

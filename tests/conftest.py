@@ -96,6 +96,11 @@ def tiny_bert_no_dropout_dir(tmp_path_factory, minilm_path) -> str:
 @pytest.fixture
 def tiny_sst2_dir(tmp_path) -> str:
     """A local data directory in shared/data layout with 64 train and 32 dev SST-2-style rows."""
+    return write_tiny_sst2(tmp_path)
+
+
+def write_tiny_sst2(tmp_path: Path) -> str:
+    """Write :func:`tiny_sst2_dir`'s data under ``tmp_path/data`` and return that directory."""
     root = tmp_path / "data" / "glue" / "sst2"
     root.mkdir(parents=True)
     words = {1: ["great", "wonderful", "moving", "charming"], 0: ["dull", "awful", "boring", "tedious"]}

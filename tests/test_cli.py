@@ -38,3 +38,13 @@ def test_cli_runs_a_single_run_and_prints_the_summary(env, capsys):
     assert any("* sst2-" in line and "-r2-a16-standard-" in line and "completed" in line for line in table)
     assert max(len(line) for line in table) <= 120  # no 20-column table wrapping in a terminal
     assert (env["out"] / "sst2-single" / "summary.md").is_file() and "Every column:" in out
+    assert (env["out"] / "sst2-single" / "report.html").is_file() and "Report: " in out  # every sweep ends with it
+
+
+def test_no_report_skips_the_report(env, capsys):
+    code = main(["--task", "sst2", "--model", env["model"], "--data-dir", env["data"], "--output-dir", str(env["out"]),
+                 "--max-steps", "3", "--set", "training.per_device_train_batch_size=8", "--set", "lora.r=2",
+                 "--no-progress", "--no-report"])
+    assert code == 0 and "Report: " not in capsys.readouterr().out
+    assert (env["out"] / "sst2-single" / "summary.md").is_file()
+    assert not (env["out"] / "sst2-single" / "report.html").exists()

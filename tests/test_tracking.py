@@ -14,7 +14,10 @@ from loraexp.tracking import NoOpTracker, WandbTracker, make_tracker
 
 class FakeRun:
     def __init__(self, **init):
-        self.init, self.logged, self.summary, self.exit_code = init, [], {}, None
+        self.init, self.logged, self.summary, self.exit_code, self.defined = init, [], {}, None, []
+
+    def define_metric(self, name, step_metric=None):
+        self.defined.append((name, step_metric))
 
     def log(self, metrics, step=None):
         self.logged.append((step, dict(metrics)))
@@ -31,7 +34,12 @@ def fake_wandb(monkeypatch):
         runs.append(FakeRun(**kwargs))
         return runs[-1]
 
-    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init))
+    def line(table, x, y, stroke=None, title=""):
+        return SimpleNamespace(kind="line", table=table, x=x, y=y, stroke=stroke, title=title)
+
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(
+        init=init, Table=lambda columns, data: SimpleNamespace(kind="table", columns=columns, data=data),
+        plot=SimpleNamespace(line=line)))
     return runs
 
 
@@ -70,3 +78,15 @@ def test_sweep_runs_share_a_group_and_log_design_namespaces(fake_wandb, tiny_ber
                 "training_efficiency/tokens_per_s", "training_efficiency/peak_mem_bytes", "eval/accuracy"):
         assert key in summary, key
     assert fake_wandb[0].exit_code == 0
+    # the dashboard: every per-step chart on the optimizer-step axis, spectra and CKA as tables and charts
+    assert fake_wandb[0].defined == [("train/global_step", None), ("*", "train/global_step")]
+    stepped = [(step, metrics) for step, metrics in fake_wandb[0].logged if step is not None]
+    assert stepped and all(metrics["train/global_step"] == step for step, metrics in stepped)
+    tables = {k: v for _, metrics in fake_wandb[0].logged for k, v in metrics.items()
+              if getattr(v, "kind", None) in ("table", "line")}
+    spectra, cka = tables["lora_rank/singular_values"], tables["representation_drift/cka"]
+    assert spectra.columns == ["module", "index", "singular_value"]
+    assert len(spectra.data) == 2 * 2 * 2  # r = 2 singular values of 2 modules (query, value) in each of 2 layers
+    assert cka.columns == ["layer", "cka"] and len(cka.data) == 3  # embeddings + 2 layers
+    assert tables["lora_rank/singular_values_chart"].stroke == "module"
+    assert tables["representation_drift/cka_chart"].table is cka

@@ -81,7 +81,8 @@ def adapter_statistics(model: torch.nn.Module, adapter: str = "default",
         metrics = rank_metrics(sigma, r=a.shape[0])
         af, bf = a.detach().float(), b.detach().float()
         out[short] = {
-            "r": a.shape[0], "in_features": a.shape[1], "out_features": b.shape[0], "scaling": scaling, "delta_form": "BA - B0A0" if "lora_A" in start else "BA",
+            "r": a.shape[0], "in_features": a.shape[1], "out_features": b.shape[0], "scaling": scaling,
+            "delta_form": "BA - B0A0" if "lora_A" in start else "BA",
             "A_norm": float(af.norm()), "B_norm": float(bf.norm()),
             "A_mean": float(af.mean()), "A_std": float(af.std()),
             "B_mean": float(bf.mean()), "B_std": float(bf.std()),

@@ -3,7 +3,7 @@ states, per layer, on a fixed probe set (Kornblith et al. 2019, "Similarity of N
 Representations Revisited", equation 5).
 
 Each example is one row: its hidden state at a layer, averaged over its non-padding tokens
-(docs/design.md, "Representation drift"). CKA compares the two ``(n, hidden)`` matrices of a
+(docs/report.md, "Representation drift"). CKA compares the two ``(n, hidden)`` matrices of a
 layer; 1 means the adapted model represents the probe examples as the base did, up to an
 orthogonal transform and a scale, and lower values mean the adaptation moved that layer.
 """
@@ -42,11 +42,11 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     y = y.detach().to(torch.float64)
     x = x - x.mean(0, keepdim=True)
     y = y - y.mean(0, keepdim=True)
-    k, l = x @ x.T, y @ y.T          # (n, n); ‖YᵀX‖_F² = tr(K L) = <K, L>_F
-    denominator = k.norm() * l.norm()
+    gram_x, gram_y = x @ x.T, y @ y.T  # (n, n); ‖YᵀX‖_F² = tr(K L) = <K, L>_F
+    denominator = gram_x.norm() * gram_y.norm()
     if denominator == 0:
         return float("nan")
-    return float((k * l).sum() / denominator)
+    return float((gram_x * gram_y).sum() / denominator)
 
 
 @torch.no_grad()

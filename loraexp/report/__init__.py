@@ -1,0 +1,2 @@
+"""Sweep reports: figures, rank advice and its confirmation, ``report.md``/``report.html``
+(``loraexp report SWEEP_DIR``; docs/results.md, "Report")."""

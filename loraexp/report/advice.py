@@ -1,0 +1,85 @@
+"""Rank advice for a sweep: which configuration's spectra it reads, and the advice
+(:mod:`loraexp.analysis.rank_advice`) with its reasoning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loraexp.analysis.rank_advice import ModuleSpectra, RankAdvice, advise_ranks, reasoning
+from loraexp.comparison import Configuration
+from loraexp.report.sweep_data import SweepData
+
+# Methods whose ΔW is s·B·A on an unchanged base, so rank_pattern and the energy rank apply as
+# they are (PiSSA/OLoRA save a rank-2r converted adapter; full fine-tuning has no rank).
+ADVISABLE_METHODS = ("lora", "rslora", "dora", "lora-plus")
+
+
+@dataclass
+class SweepAdvice:
+    """The advice, the configuration it was read from and the paragraph explaining it."""
+
+    advice: RankAdvice
+    source: Configuration
+    seeds: list[int]
+    text: str
+
+
+def advice_source(data: SweepData) -> Configuration | None:
+    """The configuration whose spectra the advice reads: among the completed LoRA
+    configurations of an advisable method, the one with the largest r (the most room to show
+    how much rank is used), plain LoRA first, then the best mean metric."""
+    candidates = [c for c in data.configurations if c.method in ADVISABLE_METHODS and c.config is not None
+                  and data.completed_runs(c)]
+    if not candidates:
+        return None
+    sign = 1 if data.direction == "maximize" else -1
+    return max(candidates, key=lambda c: (c.config.lora["r"], c.method == "lora",
+                                          sign * c.intervals[data.metric].mean if data.metric in c.intervals else 0))
+
+
+def sweep_advice(data: SweepData, energy: float = 0.9) -> SweepAdvice | None:
+    """Rank advice from :func:`advice_source`'s ΔW spectra (every completed seed), or None when
+    the sweep has no advisable configuration or its records hold no spectra."""
+    source = advice_source(data)
+    if source is None:
+        return None
+    runs = data.completed_runs(source)
+    modules: dict[str, ModuleSpectra] = {}
+    for name, record in runs:
+        shapes = _factor_shapes(data, name)
+        for module, stats in record.adapter_statistics.items():
+            sigma = stats.get("singular_values")
+            features = (stats.get("in_features"), stats.get("out_features"))
+            if None in features:
+                features = shapes.get(module, (None, None))
+            if not sigma or None in features:
+                continue
+            entry = modules.setdefault(module, ModuleSpectra(int(stats["r"]), int(features[0]), int(features[1]), []))
+            entry.singular_values.append(list(sigma))
+    if not modules:
+        return None
+    first = runs[0][1]
+    use_rslora = bool(first.config.get("lora", {}).get("use_rslora")) or source.method == "rslora"
+    scaling = next(iter(first.adapter_statistics.values())).get("scaling", 1.0)
+    advice = advise_ranks(modules, energy=energy, scaling=float(scaling), use_rslora=use_rslora)
+    seeds = [r.config.get("seed") for _, r in runs]
+    return SweepAdvice(advice, source, seeds, reasoning(advice, source.name, len(seeds)))
+
+
+def _factor_shapes(data: SweepData, run_name: str) -> dict[str, tuple[int, int]]:
+    """``(in_features, out_features)`` per module from the saved adapter (records written before
+    loraexp kept them beside the spectra)."""
+    from safetensors import safe_open
+
+    path = data.sweep_dir / run_name / "adapter" / "adapter_model.safetensors"
+    if not path.is_file():
+        return {}
+    shapes: dict[str, dict[str, int]] = {}
+    with safe_open(str(path), framework="pt") as fh:
+        for key in fh.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            for factor, axis, what in (("lora_A", 1, "in"), ("lora_B", 0, "out")):
+                marker = f".{factor}."
+                if marker in key:
+                    module = key.split(marker)[0].removeprefix("base_model.model.")
+                    shapes.setdefault(module, {})[what] = fh.get_slice(key).get_shape()[axis]
+    return {m: (s["in"], s["out"]) for m, s in shapes.items() if "in" in s and "out" in s}

@@ -1,0 +1,72 @@
+"""Linear CKA (Kornblith et al. 2019): 1 for identical representations, invariant to orthogonal
+transforms and isotropic scaling, low for unrelated ones; per-example pooling ignores padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraexp.analysis.cka import layerwise_cka, linear_cka, pooled_hidden_states
+
+
+def _x(n=64, p=24, seed=0):
+    return torch.randn(n, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n,p", [(64, 24), (16, 200)])  # n > p and n < p (the probe set is smaller than the width)
+def test_identical_representations_give_one(n, p):
+    x = _x(n, p)
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("transform", ["orthogonal", "scale", "orthogonal_and_scale", "shift"])
+def test_invariant_to_orthogonal_transforms_isotropic_scaling_and_shifts(transform):
+    x = _x()
+    q, _ = torch.linalg.qr(torch.randn(24, 24, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    y = {"orthogonal": x @ q, "scale": 7.5 * x, "orthogonal_and_scale": 0.01 * x @ q, "shift": x + 3.0}[transform]
+    assert linear_cka(x, y) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_not_invariant_to_anisotropic_scaling():
+    x = _x()
+    y = x * torch.linspace(0.01, 10, 24, dtype=torch.float64)
+    assert linear_cka(x, y) < 0.95
+
+
+def test_unrelated_representations_are_far_from_one():
+    assert linear_cka(_x(256, 16, 0), _x(256, 16, 1)) < 0.2
+
+
+def test_widths_may_differ_and_result_is_symmetric():
+    x, y = _x(32, 10, 2), _x(32, 30, 3)
+    assert linear_cka(x, y) == pytest.approx(linear_cka(y, x), abs=1e-12)
+
+
+@pytest.mark.parametrize("x_shape,y_shape", [((8, 4), (9, 4)), ((8,), (8, 4)), ((1, 4), (1, 4))])
+def test_bad_shapes_are_refused(x_shape, y_shape):
+    with pytest.raises(ValueError, match="same n >= 2"):
+        linear_cka(torch.randn(x_shape), torch.randn(y_shape))
+
+
+def test_constant_representation_gives_nan():
+    x = torch.ones(8, 3)
+    assert linear_cka(x, _x(8, 3)) != linear_cka(x, _x(8, 3))  # NaN
+
+
+def test_pooled_hidden_states_average_non_padding_tokens_only():
+    from conftest import tiny_classifier
+
+    model = tiny_classifier("bert")
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    states = pooled_hidden_states(model, [{"input_ids": ids, "attention_mask": mask}])
+    assert len(states) == 3 and all(s.shape == (2, 16) for s in states)  # embeddings + 2 layers
+    alone = pooled_hidden_states(model, [{"input_ids": ids[1:, :2], "attention_mask": mask[1:, :2]}])
+    torch.testing.assert_close(states[-1][1:], alone[-1], atol=1e-5, rtol=1e-5)  # padding changed nothing
+    assert not model.training
+    assert layerwise_cka(states, states) == pytest.approx([1.0] * 3, abs=1e-9)
+
+
+def test_layerwise_cka_needs_the_same_layers():
+    with pytest.raises(ValueError, match="base layers"):
+        layerwise_cka([torch.randn(4, 2)], [torch.randn(4, 2)] * 2)
