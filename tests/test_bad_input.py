@@ -206,6 +206,17 @@ CASES = [
     ("lora-plus-with-another-optimizer", "main", lambda e, mp: ["--method", "lora-plus", "--set",
                                                                  "training.optim=sgd"],
      ["`method` lora-plus builds its own AdamW", "remove `training.optim` ('sgd')"]),
+    # loraexp report SWEEP_DIR
+    ("report-without-sweep-dir", "report", lambda e, mp: [], ["the following arguments are required: SWEEP_DIR"]),
+    ("report-not-a-directory", "report", lambda e, mp: [str(e["out"] / "nope")],
+     ["`SWEEP_DIR`", "is not a directory; give a sweep directory"]),
+    ("report-no-runs", "report", lambda e, mp: [str(e["out"] / "earlier")],
+     ["holds no run with a readable metrics.json"]),
+    ("report-run-directory", "report", lambda e, mp: [str(_write(e["out"] / "earlier" / "run-1" / "metrics.json",
+                                                               "{}").parent)],
+     ["holds no run with a readable metrics.json; it is a run directory: give the sweep directory"]),
+    ("report-energy-out-of-range", "report", lambda e, mp: [str(e["out"] / "earlier"), "--energy", "1.5"],
+     ["`--energy` must be in (0, 1], got 1.5"]),
 ]
 
 
@@ -233,6 +244,11 @@ def test_bad_input_gives_one_error_exit_2_and_loses_nothing(env, capsys, monkeyp
         try:
             code = cli.main(args)
         except SystemExit as exc:  # argparse rejects choices itself, also with exit code 2
+            code = exc.code
+    elif entry == "report":
+        try:
+            code = cli.main(["report", *extra])
+        except SystemExit as exc:
             code = exc.code
     else:
         code = generate_cli.main([*extra, "--prompt", "hi"])

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except LoraexpError as exc:
         print(f"loraexp report: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the sweep directory cannot be written (permissions, full disk)
+        print(f"loraexp report: error: cannot write the report: {exc}", file=sys.stderr)
+        return 1
 
 
 def run_report(sweep_dir: str, energy: float = 0.9, confirm: bool = False, rerun: bool = False,

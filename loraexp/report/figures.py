@@ -17,6 +17,7 @@ from loraexp.comparison import Configuration
 from loraexp.report.sweep_data import SweepData, format_value, short_key
 
 DPI = 150
+MAX_PANELS = 12  # rank-use panels drawn (the first configurations in sweep order)
 NUMERIC_AXES = ("lora.r", "lora.lora_alpha", "training.learning_rate")
 LAYER_PATTERN = re.compile(r"^(?:.*?\.)?(\d+)\.(.+)$")  # bert.encoder.layer.3.attention.self.query
 
@@ -205,6 +206,8 @@ def rank_use(data: SweepData, figures_dir: Path) -> Figure | None:
     panels = [(c, m) for c, m in panels if m]
     if not panels:
         return None
+    left_out = max(0, len(panels) - MAX_PANELS)
+    panels = panels[:MAX_PANELS]
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     kinds = list(dict.fromkeys(layer_and_kind(m)[1] for _, means in panels for m in means))
@@ -242,7 +245,9 @@ def rank_use(data: SweepData, figures_dir: Path) -> Figure | None:
     path = _save(fig, figures_dir / "rank_use.png")
     return Figure("rank_use", path, "Rank use per layer and module",
                   "Effective rank of ΔW = s·B·A (Roy & Vetterli 2007: exp of the entropy of the normalised singular "
-                  "values) per layer and target module, mean over seeds; the panel title gives the adapter's r.")
+                  "values) per layer and target module, mean over seeds; the panel title gives the adapter's r" +
+                  (f"; {left_out} more configurations are left out (the first {MAX_PANELS} are drawn)." if left_out
+                   else "."))
 
 
 def spectra(data: SweepData, figures_dir: Path) -> Figure | None:
@@ -510,6 +515,18 @@ FIGURES = (metric_vs_axis, loss_curves, rank_use, spectra, subspace_ranks, subsp
 
 
 def all_figures(data: SweepData, figures_dir: Path) -> list[Figure]:
-    """Every figure the sweep has data for, in report order."""
-    return [f for f in (make(data, figures_dir) for make in FIGURES) if f is not None]
+    """Every figure the sweep has data for, in report order. A figure whose files cannot be read
+    (a truncated adapter, say) is left out with a warning naming the error; the others are drawn."""
+    import logging
+
+    figures = []
+    for make in FIGURES:
+        try:
+            figure = make(data, figures_dir)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            logging.getLogger(__name__).warning("figure %s not drawn: %s: %s", make.__name__, type(exc).__name__, exc)
+            continue
+        if figure is not None:
+            figures.append(figure)
+    return figures
 

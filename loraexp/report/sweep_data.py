@@ -118,8 +118,12 @@ def run_names(sweep_dir: Path) -> list[str]:
     subdirectory holding a ``metrics.json``."""
     summary = sweep_dir / "summary.csv"
     if summary.is_file():
-        with open(summary, newline="") as fh:
-            names = [row["run_name"] for row in csv.DictReader(fh) if row.get("run_name")]
+        try:
+            with open(summary, newline="") as fh:
+                names = [row["run_name"] for row in csv.DictReader(fh) if row.get("run_name")]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:  # unreadable: fall back to the directories
+            logger.warning("%s is unreadable (%s); reporting on every run directory instead", summary, exc)
+            names = []
         if names:
             return list(dict.fromkeys(names))
     return sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
@@ -188,7 +192,9 @@ def load_sweep(sweep_dir: str | Path, settings: Settings | None = None) -> Sweep
     records = {name: RunStore(sweep_dir / name, writable=False).read_record() for name in names}
     first = next((r for r in records.values() if r is not None and r.config), None)
     if first is None:
-        raise ConfigError(f"`SWEEP_DIR` {str(sweep_dir)!r} holds no run with a readable metrics.json")
+        hint = (f"; it is a run directory: give the sweep directory {str(sweep_dir.parent)!r}"
+                if (sweep_dir / "metrics.json").is_file() else "")
+        raise ConfigError(f"`SWEEP_DIR` {str(sweep_dir)!r} holds no run with a readable metrics.json{hint}")
     cfg = build_config(first.config)
     metric, direction = objective(cfg)
     settings = settings or Settings.from_config(cfg, metric)
