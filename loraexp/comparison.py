@@ -84,6 +84,7 @@ class Configuration:
     baseline: str | None = None
     baseline_key: str | None = None
     scores: dict[str, list] = field(default_factory=dict, repr=False)
+    key: str = ""  # unique among the sweep's configurations: the name, or name#run-id when names collided
 
 
 @dataclass
@@ -208,7 +209,7 @@ def baseline_key(cfg, method: str) -> str | None:
 def _configuration(sweep_dir: Path, key: str, members, settings: Settings) -> Configuration:
     done = [(n, r) for n, r in members if r is not None and r.status == STATUS_COMPLETED]
     first = next((r for _, r in members if r is not None), None)
-    c = Configuration(name=key.split("#")[0], method=(first.config.get("method") or "lora") if first else "?",
+    c = Configuration(name=key.split("#")[0], key=key, method=(first.config.get("method") or "lora") if first else "?",
                       runs=[n for n, _ in members], completed=len(done),
                       seeds=[r.config.get("seed") for _, r in done], config=_config_of(first))
     if not done:

@@ -72,8 +72,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         recipe.capture_probe_base()
         recipe.train_or_restore()
         recipe.evaluate()
-        recipe.measure_drift()
         recipe.save_adapter()
+        recipe.measure_drift()
         recipe.verify_merge()
         recipe.conclude()
     except NonFiniteError as exc:
@@ -114,6 +114,16 @@ def load_base(cfg: ExperimentConfig, task_type: str, num_labels: int, quantized:
     if quantization is not None:
         model = prepare_for_training(model, cfg.quantization)
     return model, tokenizer
+
+
+def rng_untouched():
+    """Context that restores torch's CPU (and CUDA) random state on exit: a measurement inside
+    it (iterating a DataLoader draws a base seed from the global generator) leaves the run's
+    random stream, and so its result, as it would be without the measurement."""
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=devices)
 
 
 def select(dataset, limit: int | None, seed: int | None = None):
@@ -170,7 +180,8 @@ class LoraRecipe:
         self.store.start_history(keep_until_step=checkpoint_step(self.checkpoint) if self.checkpoint else None)
         cfg = self.cfg
         self.tracker = make_tracker(cfg.tracking.wandb, project=cfg.tracking.project, entity=cfg.tracking.entity,
-                                    group=self.store.run_dir.parent.name, name=self.record.run_name,
+                                    group=cfg.sweep.name or self.store.run_dir.parent.name,
+                                    name=self.record.run_name,
                                     config=self.record.config, directory=str(self.store.run_dir),
                                     is_main_process=self.main)
 
@@ -317,12 +328,18 @@ class LoraRecipe:
     def capture_probe_base(self) -> None:
         """On rank 0, before training: the base model's hidden states on the first
         ``tracking.cka_probe_examples`` eval examples, pooled per example
-        (:func:`~loraexp.analysis.cka.pooled_hidden_states`), for :meth:`measure_drift`."""
+        (:func:`~loraexp.analysis.cka.pooled_hidden_states`), for :meth:`measure_drift`; the
+        random state is restored afterwards (:func:`rng_untouched`), so the measurement leaves
+        the training run unchanged."""
         from loraexp.analysis.cka import pooled_hidden_states
 
         if self.main and self.cfg.tracking.cka_probe_examples:
-            with self.base_model_view():
-                self.probe_base = pooled_hidden_states(self.tuned_model, self.probe_batches())
+            try:
+                with rng_untouched(), self.base_model_view():
+                    self.probe_base = pooled_hidden_states(self.tuned_model, self.probe_batches())
+            except (RuntimeError, ValueError) as exc:  # a measurement only: it never fails the run
+                self.record.representation_drift = {"error": f"base model: {type(exc).__name__}: {exc}"}
+                logger.warning("run %s: representation drift not measured: %s", self.record.run_name, exc)
 
     def train_or_restore(self) -> None:
         """``Trainer.train`` (from the checkpoint, if resuming), or -- when the checkpoint was
@@ -350,12 +367,21 @@ class LoraRecipe:
 
         if self.probe_base is None:
             return
-        adapted = pooled_hidden_states(self.tuned_model, self.probe_batches())
-        cka = layerwise_cka(self.probe_base, adapted)
-        self.record.representation_drift = {
-            "metric": "linear CKA (Kornblith et al. 2019)", "probe_examples": int(adapted[0].shape[0]),
-            "pooling": "mean over non-padding tokens", "layers": ["embeddings", *map(str, range(1, len(cka)))],
-            "cka": cka}
+        drift: dict[str, Any] = {"metric": "linear CKA (Kornblith et al. 2019)",
+                                 "probe_examples": int(self.probe_base[0].shape[0]),
+                                 "pooling": "mean over non-padding tokens"}
+        if drift["probe_examples"] < 2:  # a measurement only: it never fails the run
+            self.record.representation_drift = {**drift, "error": "fewer than 2 probe examples in the eval split"}
+            return
+        try:
+            with rng_untouched():
+                cka = layerwise_cka(self.probe_base, pooled_hidden_states(self.tuned_model, self.probe_batches()))
+        except (RuntimeError, ValueError) as exc:  # e.g. out of memory with output_hidden_states
+            self.record.representation_drift = {**drift, "error": f"{type(exc).__name__}: {exc}"}
+            logger.warning("run %s: representation drift not measured: %s", self.record.run_name, exc)
+            return
+        self.record.representation_drift = {**drift, "layers": ["embeddings", *map(str, range(1, len(cka)))],
+                                            "cka": cka}
         self.tracker.table("representation_drift/cka", ["layer", "cka"], [[i, c] for i, c in enumerate(cka)],
                            line=("layer", "cka", "Linear CKA, base vs trained, per layer"))
 

@@ -101,7 +101,8 @@ class TrackingConfig:
         "Cadence, in optimizer steps, of adapter statistics and factor-space SVD rank analysis "
         "(also computed once at the end of training).", default=50)
     cka_probe_examples: int = _help(
-        "Representation drift: the first N eval examples on which linear CKA between the base model's and "
+        "Representation drift: the first N eval examples (rank 0's share under DDP) on which linear CKA "
+        "between the base model's and "
         "the trained model's hidden states is measured per layer at the end of training (Kornblith et al. "
         "2019); 0 turns it off. A measurement only: not part of a run's identity.", default=256)
 

@@ -80,8 +80,8 @@ class RunStore:
         absent or unreadable."""
         data = self.read_metrics()
         try:
-            return RunRecord.from_dict(data) if data else None
-        except (KeyError, TypeError):
+            return RunRecord.from_dict(data) if isinstance(data, dict) and data else None
+        except (KeyError, TypeError, AttributeError, ValueError):
             return None
 
     def read_config(self) -> dict[str, Any] | None:

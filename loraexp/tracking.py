@@ -51,7 +51,8 @@ class WandbTracker:
 
     Args:
         mode: ``online`` or ``offline``.
-        group: the sweep name, so runs of one sweep share a W&B group.
+        group: the sweep's name (``sweep.name``, else its directory's), so runs of one sweep share
+            a W&B group.
         config: the resolved run config, stored as ``wandb.config``.
         directory: where W&B writes its files (the run directory).
     """

@@ -5,6 +5,7 @@ metrics.json; the CLI, its bad input, --confirm, and the W&B dashboard read back
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def test_every_run_records_representation_drift(tiny_sweep):
         assert drift["layers"] == ["embeddings", "1", "2"] and len(drift["cka"]) == 3
         if "-full-" not in metrics.parent.name:  # LoRA leaves the embeddings as they were
             assert drift["cka"][0] == pytest.approx(1.0, abs=1e-9)
+        assert min(drift["cka"]) < 1 - 1e-10, drift["cka"]  # training moved some layer (1 up to rounding otherwise)
         assert all(0.0 <= c <= 1.0 + 1e-9 for c in drift["cka"])
 
 
@@ -111,13 +113,20 @@ def test_confirm_trains_the_advised_adapter_with_the_sweeps_seeds(tiny_sweep, tm
     assert result["verdict"] in ("yes", "no", "inconclusive")
     assert result["difference"]["low"] <= result["difference"]["estimate"] <= result["difference"]["high"]
     runs = sorted(p.name for p in (sweep / "confirm").iterdir() if (p / "metrics.json").is_file())
-    assert runs == result["runs"] and all("-advised-s" in r for r in runs) and len(runs) == 2
-    advised = json.loads((sweep / "confirm" / runs[0] / "adapter" / "adapter_config.json").read_text())
-    source = json.loads(next(sweep.glob("*-r4-*-s1/adapter/adapter_config.json")).read_text())
-    assert advised["r"] <= source["r"]
+    assert runs == result["runs"] and all(re.search(r"-advised-[0-9a-f]{6}-s[12]$", r) for r in runs) and len(runs) == 2
+    overrides = result["overrides"]
+    for run in runs:  # the advice is what was trained
+        advised = json.loads((sweep / "confirm" / run / "adapter" / "adapter_config.json").read_text())
+        assert advised["r"] == overrides["lora.r"] and advised["lora_alpha"] == overrides["lora.lora_alpha"]
+        assert advised["rank_pattern"] == overrides["lora.rank_pattern"]
+        assert advised["alpha_pattern"] == overrides["lora.alpha_pattern"]
     assert "Confirmed with 2 seeds" in (sweep / "report.md").read_text()
     assert "as good?" in capsys.readouterr().out
+    stamps = {run: (sweep / "confirm" / run / "metrics.json").stat().st_mtime_ns for run in runs}
     assert run_report(str(sweep), confirm=True) == 0  # a second --confirm reuses the completed runs
+    assert {run: (sweep / "confirm" / run / "metrics.json").stat().st_mtime_ns for run in runs} == stamps
+    assert run_report(str(sweep), energy=0.5) == 0  # another advice: the old confirmation is not shown under it
+    assert "Confirmed with" not in (sweep / "report.md").read_text()
 
 
 def test_wandb_dashboard_read_back_offline(tiny_sweep, tmp_path, monkeypatch):
@@ -157,3 +166,38 @@ def test_a_runs_wandb_log_has_step_axis_spectra_and_cka(tiny_bert_dir, tmp_path,
     table = json.loads((log.parent / "files" / logged["representation_drift/cka/path"]).read_text())
     recorded = json.loads((result.runs[0].run_dir / "metrics.json").read_text())["representation_drift"]["cka"]
     assert table["columns"] == ["layer", "cka"] and [row[1] for row in table["data"]] == pytest.approx(recorded)
+
+
+def test_report_of_one_seed_leaves_out_what_needs_two(tiny_sweep, tmp_path):
+    sweep = tmp_path / "one-seed"
+    sweep.mkdir()
+    for run in tiny_sweep.glob("*-s1"):
+        shutil.copytree(run, sweep / run.name)
+    report = write_report(sweep)  # no summary.csv: every run directory
+    names = {f.name for f in report.figures}
+    assert names == ALL_FIGURES - {"subspace_seeds"}
+    ranks = next(f for f in report.figures if f.name == "subspace_ranks")
+    assert ranks.facts["seeds"] == [1, 1] and "one seed only" in ranks.caption
+
+
+def test_report_survives_hostile_files_and_escapes_html(tiny_sweep, tmp_path, caplog):
+    sweep = tmp_path / "<img src=x onerror=alert(1)>"
+    shutil.copytree(tiny_sweep, sweep)
+    r2 = sorted(sweep.glob("*-r2-*-s1"))[0]
+    (r2 / "adapter" / "adapter_model.safetensors").write_bytes(b"\x00" * 10)  # truncated adapter
+    (sorted(sweep.glob("*-full-s2"))[0] / "metrics.json").write_text("[1, 2]")  # not an object: a missing run
+    edited = sorted(sweep.glob("*-r4-*-s2"))[0] / "metrics.json"
+    edited.write_text(json.dumps({**json.loads(edited.read_text()), "adapter_statistics": [1]}))  # wrong type
+    with open(sorted(sweep.glob("*-r4-*-s1"))[0] / "history.jsonl", "a") as fh:
+        fh.write("[1, 2]\nnot json\n")
+    (sweep / "confirm").mkdir()
+    (sweep / "confirm" / "confirm.json").write_text('{"status": "completed", "difference": {}}')
+    with open(sweep / "summary.csv", "a") as fh:
+        fh.write("../../etc,completed\n")
+    report = write_report(sweep)
+    assert {"metric", "loss_curves", "cka", "efficiency"} <= {f.name for f in report.figures}
+    page = report.html_path.read_text()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img src=x" not in page
+    messages = caplog.text
+    assert "not a readable safetensors file" in messages  # the subspace figure that needs it is left out, named
+    assert "left out of the report" in messages and "not a directory of the sweep" in messages

@@ -46,6 +46,16 @@ def test_random_subspaces_average_the_expectation_max_i_j_over_d(i, j, d):
     assert mean == pytest.approx(expected, rel=0.15)
 
 
+def test_directions_are_taken_in_order_of_singular_value():
+    eye = torch.eye(6, dtype=torch.float64)
+    a1 = torch.stack([10 * eye[0], eye[1]])  # top direction e1, then e2
+    a2 = torch.stack([eye[2], 5 * eye[0]])   # top direction e1 (second row), then e3
+    phi = subspace_similarity(a1, a2)
+    assert float(phi[0, 0]) == pytest.approx(1.0)  # the top directions coincide
+    assert float(phi[1, 1]) == pytest.approx(0.5)  # {e1, e2} vs {e1, e3}: one of two shared
+    assert float(phi[1, 0]) == pytest.approx(1.0) and float(phi[0, 1]) == pytest.approx(1.0)
+
+
 def test_orthogonal_subspaces_give_zero():
     eye = torch.eye(8, dtype=torch.float64)
     assert float(subspace_similarity(eye[:3], eye[3:6]).max()) == pytest.approx(0.0, abs=1e-12)

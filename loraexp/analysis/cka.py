@@ -90,7 +90,8 @@ def layerwise_cka(base: list[torch.Tensor], adapted: list[torch.Tensor]) -> list
         base, adapted: :func:`pooled_hidden_states` of the same probe batches.
 
     Raises:
-        ValueError: different numbers of layers, or a layer's shapes differ.
+        ValueError: different numbers of layers, or a layer's two matrices have different
+            numbers of rows or fewer than 2 (widths may differ).
     """
     if len(base) != len(adapted):
         raise ValueError(f"{len(base)} base layers against {len(adapted)} adapted layers")

@@ -8,7 +8,9 @@ much of the learned ΔW (Eckart–Young). Over seeds the largest k_f is kept, so
 for every replicate. The proposed ``r`` is the median of the modules' ranks (rounded up); the
 modules that need another rank get it through ``rank_pattern``. The scaling s of every module
 stays that of the source adapter (α/r, or α/√r with rsLoRA), so ``lora_alpha`` and
-``alpha_pattern`` follow the ranks: the learning rate tuned for the source stays meaningful.
+``alpha_pattern`` follow the ranks. That is a choice, loraexp's convention α = 2r (s = 2 at
+every rank of a rank ablation), not the LoRA paper's (§4.1 keeps α fixed as r varies); whether
+the smaller adapter trained this way is as good is what ``loraexp report --confirm`` measures.
 """
 
 from __future__ import annotations
@@ -43,13 +45,15 @@ def energy_rank(singular_values: Sequence[float], energy: float) -> int:
 
 @dataclass
 class ModuleSpectra:
-    """One module of the source adapter: its ``r``, ``in_features``/``out_features`` and the
-    singular values of ΔW of each seed (``(r,)`` each, descending)."""
+    """One module of the source adapter: its ``r``, ``in_features``/``out_features``, the
+    singular values of ΔW of each seed (``(r,)`` each, descending) and its scaling s (None: the
+    adapter's, :func:`advise_ranks`' ``scaling``)."""
 
     r: int
     in_features: int
     out_features: int
     singular_values: list[list[float]]
+    scaling: float | None = None
 
     @property
     def params_per_rank(self) -> int:
@@ -103,7 +107,8 @@ def advise_ranks(modules: Mapping[str, ModuleSpectra], energy: float = 0.9, scal
     Args:
         modules: per module name, its :class:`ModuleSpectra` (one spectrum per seed).
         energy: fraction f of each module's ‖ΔW‖_F² to keep (default 0.9).
-        scaling: the source adapter's s (α/r, or α/√r with ``use_rslora``), kept per module.
+        scaling: the source adapter's s (α/r, or α/√r with ``use_rslora``), kept per module
+            (a module's own :attr:`ModuleSpectra.scaling` wins, e.g. from an ``alpha_pattern``).
 
     Raises:
         ValueError: no modules, a module without spectra, or ``energy`` outside (0, 1].
@@ -119,11 +124,13 @@ def advise_ranks(modules: Mapping[str, ModuleSpectra], energy: float = 0.9, scal
     r = ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else math.ceil(
         (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2)
     pattern = {name: k for name, k in ranks.items() if k != r}
+    own = {name: m.scaling if m.scaling is not None else scaling for name, m in modules.items()}
     source_r = max(m.r for m in modules.values())
     return RankAdvice(
         energy=energy, source_r=source_r, scaling=scaling, use_rslora=use_rslora, module_ranks=ranks, r=r,
         lora_alpha=alpha_for(r, scaling, use_rslora), rank_pattern=pattern,
-        alpha_pattern={name: alpha_for(k, scaling, use_rslora) for name, k in pattern.items()},
+        alpha_pattern={name: alpha_for(ranks[name], own[name], use_rslora) for name in modules
+                       if name in pattern or own[name] != scaling},
         source_lora_params=sum(m.r * m.params_per_rank for m in modules.values()),
         proposed_lora_params=sum(ranks[name] * m.params_per_rank for name, m in modules.items()))
 

@@ -18,8 +18,9 @@ import torch
 
 
 def right_singular_vectors(lora_A: torch.Tensor) -> torch.Tensor:
-    """Right-singular vectors of ``lora_A`` ``(r, d)`` as columns ``(d, r)``, float64, in
-    descending order of singular value."""
+    """Right-singular vectors of ``lora_A`` ``(r, d)`` as columns ``(d, min(r, d))``, float64,
+    in descending order of singular value. Directions beyond the rank of ``lora_A`` (zero
+    singular values) are an arbitrary orthonormal completion."""
     _, _, vh = torch.linalg.svd(lora_A.detach().to(torch.float64), full_matrices=False)
     return vh.T
 
@@ -32,8 +33,8 @@ def subspace_similarity(lora_A_1: torch.Tensor, lora_A_2: torch.Tensor) -> torch
         lora_A_2: ``(r2, d)``, the same module's ``in_features`` d.
 
     Returns:
-        ``(r1, r2)`` float64 tensor; entry ``[i-1, j-1]`` is φ for the top-i directions of A₁
-        and the top-j directions of A₂.
+        ``(min(r1, d), min(r2, d))`` float64 tensor (``(r1, r2)`` for LoRA, r ≤ d); entry
+        ``[i-1, j-1]`` is φ for the top-i directions of A₁ and the top-j directions of A₂.
 
     Raises:
         ValueError: the factors are not 2-D or their widths differ.

@@ -58,7 +58,7 @@ def write_report(sweep_dir: str | Path, energy: float = 0.9, data: SweepData | N
     data = data or load_sweep(sweep_dir)
     figures = all_figures(data, sweep_dir / FIGURES_DIR)
     advice = sweep_advice(data, energy)
-    confirmation = read_confirmation(sweep_dir)
+    confirmation = read_confirmation(sweep_dir, advice)
     sections = {"summary": summary_section(data, figures, advice, confirmation),
                 "configurations": configurations_markdown(data.comparison),
                 "figures": figures_section(figures, data)}
@@ -155,7 +155,7 @@ def _figure_facts(figures: list[Figure], data: SweepData) -> list[str]:
                      f"over the i×j grid {facts['phi_mean_grid']:.3f} vs {facts['random_phi_mean_grid']:.3f} random.")
     cka = by_name.get("cka")
     if cka is not None:
-        lowest = sorted(((min(v), data.label(next(c for c in data.configurations if c.name == n)))
+        lowest = sorted(((min(v), data.label(next(c for c in data.configurations if c.key == n)))
                          for n, v in cka.facts.items()))
         lines.append("- **Representation drift** (lowest per-layer CKA, mean over seeds): " +
                      ", ".join(f"{label} {value:.3f}" for value, label in lowest) + ".")
@@ -165,7 +165,7 @@ def _figure_facts(figures: list[Figure], data: SweepData) -> list[str]:
 def confirmation_text(confirmation: dict[str, Any]) -> str:
     """The sentence of a ``--confirm`` result (``confirm/confirm.json``)."""
     d = confirmation.get("difference")
-    if not d:
+    if confirmation.get("status") != "completed" or not d:
         return f"Confirmation run: {confirmation.get('status', 'incomplete')} ({confirmation.get('reason', '')})."
     c = confirmation
     return (f"**Confirmed with {c['seeds']} seeds** ({c['advised']} vs {c['source']}): "
@@ -185,13 +185,29 @@ def figures_section(figures: list[Figure], data: SweepData) -> str:
     return "\n".join(lines)
 
 
-def read_confirmation(sweep_dir: Path) -> dict[str, Any] | None:
-    """``confirm/confirm.json`` of an earlier ``--confirm``, or None."""
+CONFIRMATION_FIELDS = {"metric": str, "source": str, "advised": str, "seeds": int, "confidence": float,
+                       "advised_mean": float, "source_mean": float, "allowed_drop": float, "verdict": str,
+                       "advised_params": float, "source_params": float}
+
+
+def read_confirmation(sweep_dir: Path, advice: SweepAdvice | None) -> dict[str, Any] | None:
+    """``confirm/confirm.json`` of an earlier ``--confirm`` of this very advice (same ``lora``
+    overrides), or None: absent, unreadable, of another advice, or with a field of the wrong
+    type."""
     path = sweep_dir / CONFIRM_JSON
-    if not path.is_file():
+    if advice is None or not path.is_file():
         return None
     try:
         out = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return out if isinstance(out, dict) else None
+    if not isinstance(out, dict) or out.get("overrides") != json.loads(json.dumps(advice.advice.lora_overrides())):
+        return None
+    if out.get("status") != "completed":
+        return out if isinstance(out.get("status"), str) else None
+    numbers = (int, float)
+    fine = all(isinstance(out.get(k), numbers if kind in (int, float) else kind) for k, kind in
+               CONFIRMATION_FIELDS.items())
+    d = out.get("difference")
+    fine = fine and isinstance(d, dict) and all(isinstance(d.get(k), numbers) for k in ("estimate", "low", "high"))
+    return out if fine else None

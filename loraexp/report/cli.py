@@ -2,7 +2,8 @@
 train the advised adapter with the sweep's seeds and compare it with its source.
 
 Exit codes: 0 report written (and the confirmation's runs completed); 1 a confirmation run
-failed (the report says so); 2 bad input (not a sweep directory, ``--energy`` outside (0, 1],
+failed or could not be compared (the report says so), or the sweep directory could not be
+read or written; 2 bad input (not a sweep directory, ``--energy`` outside (0, 1],
 ``--confirm`` without an advice), before any training.
 """
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loraexp report: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the sweep directory cannot be written (permissions, full disk)
-        print(f"loraexp report: error: cannot write the report: {exc}", file=sys.stderr)
+        print(f"loraexp report: error: cannot read or write the sweep directory: {exc}", file=sys.stderr)
         return 1
 
 

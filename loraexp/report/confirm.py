@@ -3,15 +3,16 @@ it is as good as the configuration the advice was read from (docs/report.md, "Ra
 
 The advised runs live in ``<sweep>/confirm/`` (their own sweep directory, so the sweep's
 summary and report keep listing the sweep's own runs) and are named
-``<configuration name>-advised-s<seed>``. Each is the source run's config with the advice's
-``lora.r``, ``lora_alpha``, ``rank_pattern`` and ``alpha_pattern``: same data, budget, learning
-rate and seed. The difference advised − source is the paired bootstrap of
+``<configuration name>-advised-<digest>-s<seed>`` (:func:`advice_digest`). Each is the source
+run's config with the advice's ``lora.r``, ``lora_alpha``, ``rank_pattern`` and
+``alpha_pattern``: same data, budget, learning rate and seed. The difference advised − source is the paired bootstrap of
 :func:`loraexp.statistics.paired_difference`, and the verdict the protocol's
 (:func:`loraexp.statistics.verdict`, ``sweep.max_drop`` against the source's mean).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -40,9 +41,16 @@ def confirmation_runs(data: SweepData, advice: SweepAdvice) -> list[tuple[str, A
     for _, record in data.completed_runs(advice.source):
         cfg = apply_overrides(build_config(record.config), {
             **advice.advice.lora_overrides(), "sweep.mode": "single", "sweep.ablation_type": None,
-            "sweep.name": CONFIRM_DIR, "sweep.seeds": None, "sweep.baseline": None})
-        runs.append((f"{configuration_name(cfg)}-advised-s{cfg.seed}", cfg))
+            "sweep.name": f"{data.sweep_dir.name}-{CONFIRM_DIR}", "sweep.seeds": None, "sweep.baseline": None})
+        runs.append((f"{configuration_name(cfg)}-advised-{advice_digest(advice)}-s{cfg.seed}", cfg))
     return runs
+
+
+def advice_digest(advice: SweepAdvice) -> str:
+    """6 hex characters of SHA-1 over the advice's ``lora.*`` overrides: the advised runs of
+    two different advices (another ``--energy``, a sweep that gained runs) never share a name."""
+    blob = json.dumps(advice.advice.lora_overrides(), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:6]
 
 
 def confirm_advice(data: SweepData, advice: SweepAdvice, rerun: bool = False) -> dict[str, Any]:
@@ -55,6 +63,9 @@ def confirm_advice(data: SweepData, advice: SweepAdvice, rerun: bool = False) ->
         ``source`` (configuration names), ``advised_mean``/``source_mean``, ``difference``
         (``estimate``, ``low``, ``high``), ``confidence``, ``allowed_drop``, ``verdict``
         (yes/no/inconclusive), trainable-parameter means, and the run names.
+
+    A run that fails, or scores that cannot be paired (no ``predictions.npz``, other dev
+    examples), give ``status`` ``failed`` with a ``reason``.
 
     Raises:
         ConfigError | DataError | ModelError: a run cannot start (preflight, before training).
@@ -76,6 +87,7 @@ def confirm_advice(data: SweepData, advice: SweepAdvice, rerun: bool = False) ->
     records = [RunStore(confirm_dir / name, writable=False).read_record() for name, _ in planned]
     out: dict[str, Any] = {"metric": metric, "source": advice.source.name, "runs": [n for n, _ in planned],
                            "advised": planned[0][0].rsplit("-s", 1)[0] if planned else None,
+                           "overrides": advice.advice.lora_overrides(), "energy": advice.advice.energy,
                            "confidence": settings.confidence, "seeds": len(planned)}
     if not all(r is not None and r.status == STATUS_COMPLETED for r in records):
         out.update(status="failed", reason="an advised run did not complete: " + "; ".join(
@@ -83,9 +95,14 @@ def confirm_advice(data: SweepData, advice: SweepAdvice, rerun: bool = False) ->
     elif metric not in advice.source.scores:
         out.update(status="failed", reason=f"the source runs have no per-example {metric} scores to pair with")
     else:
-        advised = [load_scores(confirm_dir / name / PREDICTIONS_FILE)[metric] for name, _ in planned]
-        source = advice.source.scores[metric]
-        difference = paired_difference(advised, source, settings.confidence, settings.resamples, settings.seed)
+        try:
+            advised = [load_scores(confirm_dir / name / PREDICTIONS_FILE)[metric] for name, _ in planned]
+            difference = paired_difference(advised, advice.source.scores[metric], settings.confidence,
+                                           settings.resamples, settings.seed)
+        except (OSError, KeyError, ValueError) as exc:  # no predictions.npz, other dev examples, ...
+            out.update(status="failed", reason=f"no paired difference: {type(exc).__name__}: {exc}")
+            atomic_write_text(confirm_dir / "confirm.json", json.dumps(out, indent=2, default=str) + "\n")
+            return out
         source_mean = advice.source.intervals[metric].mean
         allowed = margin(source_mean, settings.max_drop, settings.drop_unit)
         out.update(

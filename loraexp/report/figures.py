@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loraexp.comparison import Configuration
+from loraexp.errors import LoraexpError
 from loraexp.report.sweep_data import SweepData, format_value, short_key
 
 DPI = 150
@@ -64,6 +65,15 @@ def _lora_configurations(data: SweepData) -> list[Configuration]:
     return [c for c in data.configurations if c.method != "full" and data.completed_runs(c)]
 
 
+def plain_delta(data: SweepData, c: Configuration) -> bool:
+    """Whether the configuration's adapters are ΔW = s·B·A on the unchanged base (not PiSSA,
+    OLoRA or another initialisation that rewrote it: their saved adapter is PEFT's rank-2r
+    conversion [A; A0], whose A0, from the SVD of W, is the same for every seed)."""
+    runs = data.completed_runs(c)
+    return bool(runs) and all(s.get("delta_form", "BA") == "BA" for _, r in runs
+                              for s in r.adapter_statistics.values())
+
+
 # -- metric against the ablated axis ----------------------------------------------------------
 def metric_vs_axis(data: SweepData, figures_dir: Path) -> Figure | None:
     """The main metric of each configuration against the first ablated axis (one line per value
@@ -74,31 +84,33 @@ def metric_vs_axis(data: SweepData, figures_dir: Path) -> Figure | None:
     if not shown:
         return None
     axis = data.axes[0] if data.axes else None
-    numeric = axis in NUMERIC_AXES and all(isinstance(data.axis_values[c.name].get(axis), (int, float))
+    numeric = axis in NUMERIC_AXES and all(isinstance(data.values_of(c).get(axis), (int, float))
                                            for c in shown)
-    categories = list(dict.fromkeys(format_value(data.axis_values[c.name].get(axis)) if axis else c.name
+    categories = list(dict.fromkeys(format_value(data.values_of(c).get(axis)) if axis else data.label(c)
                                     for c in shown))
     series_axis = data.axes[1] if len(data.axes) > 1 else None
     series: dict[str, list[Configuration]] = defaultdict(list)
     for c in shown:
-        series[format_value(data.axis_values[c.name].get(series_axis)) if series_axis else ""].append(c)
+        series[format_value(data.values_of(c).get(series_axis)) if series_axis else ""].append(c)
     fig = _new_figure()
     ax = fig.add_subplot()
-    baseline = next((c for c in data.configurations if c.is_baseline and metric in c.intervals), None)
-    if baseline is not None:
+    baselines = [c for c in data.configurations if c.is_baseline and metric in c.intervals]
+    for index, baseline in enumerate(baselines):  # one per model/task/data/budget (a grid over models has several)
         iv = baseline.intervals[metric]
+        name = data.label(baseline) if len(baselines) == 1 else f"baseline {baseline.name}"
         if iv.low is not None:
-            ax.axhspan(iv.low, iv.high, color="0.6", alpha=0.3, lw=0,
-                       label=f"{data.label(baseline)}: {settings.confidence:.0%} CI")
-        ax.axhline(iv.mean, color="0.35", lw=1.2, ls="--", label=f"{data.label(baseline)}: mean {iv.mean:.4f}")
+            ax.axhspan(iv.low, iv.high, color="0.6", alpha=0.3 / len(baselines), lw=0,
+                       hatch=None if index == 0 else "//", label=f"{name}: {settings.confidence:.0%} CI")
+        ax.axhline(iv.mean, color="0.35", lw=1.2, ls=("--", ":", "-.")[index % 3], label=f"{name}: mean {iv.mean:.4f}")
+    baseline = baselines[0] if baselines else None
     colors = _colors(len(series))
     width = 0.6 / max(1, len(series))
     for index, (value, members) in enumerate(series.items()):
         xs, ys, lows, highs = [], [], [], []
         for c in members:
             iv = c.intervals[metric]
-            key = data.axis_values[c.name].get(axis) if axis else None
-            x = float(key) if numeric else categories.index(format_value(key) if axis else c.name)
+            key = data.values_of(c).get(axis) if axis else None
+            x = float(key) if numeric else categories.index(format_value(key) if axis else data.label(c))
             if not numeric and len(series) > 1:
                 x += (index - (len(series) - 1) / 2) * width
             xs.append(x)
@@ -113,7 +125,7 @@ def metric_vs_axis(data: SweepData, figures_dir: Path) -> Figure | None:
                     capsize=4, color=colors[index], label=label, lw=1.5, ms=6)
     if numeric:
         ax.set_xscale("log", base=2 if axis in ("lora.r", "lora.lora_alpha") else 10)
-        ticks = sorted({float(data.axis_values[c.name][axis]) for c in shown})
+        ticks = sorted({float(data.values_of(c)[axis]) for c in shown})
         ax.set_xticks(ticks, [format_value(int(t) if t.is_integer() else t) for t in ticks])
         ax.minorticks_off()
     else:
@@ -159,17 +171,17 @@ def loss_curves(data: SweepData, figures_dir: Path) -> Figure | None:
     the lowest to the highest seed) and, when runs evaluated during training (two or more
     evaluations), the eval loss beside it."""
     shown = [c for c in data.configurations if data.completed_runs(c)]
-    curves = {c.name: _curves(data, c, "train/loss") for c in shown}
-    shown = [c for c in shown if curves[c.name][0]]
+    curves = {c.key: _curves(data, c, "train/loss") for c in shown}
+    shown = [c for c in shown if curves[c.key][0]]
     if not shown:
         return None
-    evals = {c.name: _curves(data, c, "eval/loss") for c in shown}
-    has_eval = any(len(evals[c.name][0]) >= 2 for c in shown)
+    evals = {c.key: _curves(data, c, "eval/loss") for c in shown}
+    has_eval = any(len(evals[c.key][0]) >= 2 for c in shown)
     fig = _new_figure(11 if has_eval else 7, 4.2)
     axes = fig.subplots(1, 2 if has_eval else 1, squeeze=False)[0]
     colors = _colors(len(shown))
     for color, c in zip(colors, shown):
-        for ax, (steps, mean, low, high) in zip(axes, (curves[c.name], evals[c.name])):
+        for ax, (steps, mean, low, high) in zip(axes, (curves[c.key], evals[c.key])):
             if len(steps) < (2 if ax is not axes[0] else 1):
                 continue
             ax.plot(steps, mean, color=color, lw=1.5, label=f"{data.label(c)} ({c.completed} seeds)")
@@ -270,7 +282,7 @@ def spectra(data: SweepData, figures_dir: Path) -> Figure | None:
             sigma = stats["singular_values"]
             ax.semilogy(range(1, len(sigma) + 1), [max(s, 1e-12) for s in sigma], "o-", ms=3, lw=1.2, color=color,
                         label=f"{data.label(c)}: {_short_module(name)} (eff. rank {stats['effective_rank']:.1f})")
-        facts[c.name] = {"most_used": most_name, "least_used": least_name}
+        facts[c.key] = {"most_used": most_name, "least_used": least_name}
     for ax, what in zip(axes, ("most used module", "least used module")):
         ax.set_xlabel("singular value index i")
         ax.set_ylabel("σ_i of ΔW (log scale)")
@@ -294,7 +306,7 @@ def _rank_pair(data: SweepData) -> tuple[Configuration, Configuration] | None:
     only (and lora_alpha)."""
     by_rest: dict[str, list[Configuration]] = defaultdict(list)
     for c in _lora_configurations(data):
-        if c.config is None:
+        if c.config is None or not plain_delta(data, c):
             continue
         identity = c.config.identity()
         lora = dict(identity.get("lora", {}))
@@ -379,8 +391,8 @@ def subspace_ranks(data: SweepData, figures_dir: Path) -> Figure | None:
     seeds_large = {r.config.get("seed"): n for n, r in runs_large.items()}
     # Different seeds where there are two: with one seed, the first module's lora_A of the larger
     # adapter starts with the smaller one's rows (the same random stream), which would count as overlap.
-    seed = sorted(seeds_small)[0]
-    other = next((s for s in sorted(seeds_large) if s != seed), seed)
+    pairs = [(a, b) for a in sorted(seeds_small) for b in sorted(seeds_large)]
+    seed, other = next(((a, b) for a, b in pairs if a != b), pairs[0])
     f_small = data.lora_A_factors(seeds_small[seed])
     f_large = data.lora_A_factors(seeds_large[other])
     shared = [m for m in f_small if m in f_large]
@@ -407,7 +419,8 @@ def subspace_ranks(data: SweepData, figures_dir: Path) -> Figure | None:
 def subspace_seeds(data: SweepData, figures_dir: Path) -> Figure | None:
     """φ between the adapters of two seeds of the same configuration (the largest-r LoRA
     configuration with two seeds, plain LoRA preferred), as :func:`subspace_ranks` draws it."""
-    candidates = [c for c in _lora_configurations(data) if len(data.completed_runs(c)) >= 2 and c.config is not None]
+    candidates = [c for c in _lora_configurations(data)
+                  if len(data.completed_runs(c)) >= 2 and c.config is not None and plain_delta(data, c)]
     if not candidates:
         return None
     chosen = max(candidates, key=lambda c: (c.method == "lora", c.config.lora["r"]))
@@ -435,10 +448,20 @@ def subspace_seeds(data: SweepData, figures_dir: Path) -> Figure | None:
 def representation_drift(data: SweepData, figures_dir: Path) -> Figure | None:
     """Linear CKA per layer between the base and the trained model on the probe examples, mean
     over seeds per configuration (bars: min-max over seeds)."""
+    sizes: dict[int, int] = defaultdict(int)
+    for c in data.configurations:
+        for _, r in data.completed_runs(c):
+            if isinstance(r.representation_drift.get("cka"), list):
+                sizes[r.representation_drift.get("probe_examples")] += 1
+    if not sizes:
+        return None
+    probe_size = max(sizes, key=sizes.get)  # CKA values are comparable on one probe set only
+    other_sizes = sum(n for size, n in sizes.items() if size != probe_size)
     rows = []
     for c in data.configurations:
-        curves = [r.representation_drift.get("cka") for _, r in data.completed_runs(c)
-                  if r.representation_drift.get("cka")]
+        curves = [r.representation_drift["cka"] for _, r in data.completed_runs(c)
+                  if isinstance(r.representation_drift.get("cka"), list)
+                  and r.representation_drift.get("probe_examples") == probe_size]
         if curves and len({len(x) for x in curves}) == 1:
             rows.append((c, curves))
     if not rows:
@@ -454,19 +477,20 @@ def representation_drift(data: SweepData, figures_dir: Path) -> Figure | None:
         ax.errorbar(layers, mean, yerr=[lo, hi], fmt="o-", ms=4, lw=1.3, capsize=3, color=color,
                     label=f"{data.label(c)} ({len(curves)} seeds)")
         lowest = min(lowest, min(mean))
-    probe = next(r.representation_drift for _, r in data.completed_runs(rows[0][0]))
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("linear CKA(base, trained)")
-    ax.set_title(f"Representation drift on {probe.get('probe_examples')} dev examples (1 = unchanged)", fontsize=10)
+    ax.set_title(f"Representation drift on {probe_size} dev examples (1 = unchanged)", fontsize=10)
     ax.set_ylim(max(0.0, lowest - 0.05 * (1 - lowest) - 0.005), 1.0 + 0.05 * (1 - lowest) + 0.001)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     path = _save(fig, figures_dir / "cka.png")
-    facts = {c.name: [sum(col) / len(col) for col in zip(*curves)] for c, curves in rows}
+    facts = {c.key: [sum(col) / len(col) for col in zip(*curves)] for c, curves in rows}
     return Figure("cka", path, "Representation drift (linear CKA)",
                   f"Linear CKA (Kornblith et al. 2019) between the base model's and the trained model's hidden "
-                  f"states, each example mean-pooled over its tokens, on the first {probe.get('probe_examples')} dev "
-                  "examples; per layer, mean over seeds, bars from the lowest to the highest seed.", facts)
+                  f"states, each example mean-pooled over its tokens, on the first {probe_size} dev "
+                  "examples; per layer, mean over seeds, bars from the lowest to the highest seed" +
+                  (f"; {other_sizes} runs measured on another probe size are left out." if other_sizes else "."),
+                  facts)
 
 
 # -- efficiency ---------------------------------------------------------------------------------
@@ -523,7 +547,7 @@ def all_figures(data: SweepData, figures_dir: Path) -> list[Figure]:
     for make in FIGURES:
         try:
             figure = make(data, figures_dir)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (LoraexpError, OSError, ValueError, KeyError, RuntimeError) as exc:
             logging.getLogger(__name__).warning("figure %s not drawn: %s: %s", make.__name__, type(exc).__name__, exc)
             continue
         if figure is not None:

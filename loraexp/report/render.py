@@ -28,14 +28,20 @@ IMAGE = re.compile(r'<img alt="([^"]*)" src="([^"]+\.png)"\s*/?>')
 
 def markdown_to_html(markdown_text: str, base_dir: Path, title: str) -> str:
     """A standalone HTML page of ``markdown_text`` (tables, fenced code) whose PNG images,
-    given relative to ``base_dir``, are embedded as ``data:image/png;base64`` URIs.
+    given relative to ``base_dir``, are embedded as ``data:image/png;base64`` URIs. Raw HTML
+    in the text is escaped.
 
     Raises:
         FileNotFoundError: an image the markdown links to does not exist.
     """
     import markdown
 
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    converter = markdown.Markdown(extensions=["tables", "fenced_code"])
+    # Raw HTML in the text (a run or directory name such as "<img onerror=...>") is shown as
+    # text, never rendered: the report writes no HTML of its own into the markdown.
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    body = converter.convert(markdown_text)
 
     def embed(match: re.Match) -> str:
         data = base64.b64encode((base_dir / match.group(2)).read_bytes()).decode("ascii")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loraexp.comparison import Comparison, Configuration, Settings, compare
-from loraexp.errors import ConfigError
+from loraexp.errors import ConfigError, DataError
 from loraexp.record import STATUS_COMPLETED, RunRecord
 from loraexp.storage import RunStore
 
@@ -67,37 +67,51 @@ class SweepData:
         path = self.sweep_dir / run_name / "history.jsonl"
         rows = []
         if path.is_file():
-            for line in path.read_text().splitlines():
+            for line in path.read_text(errors="replace").splitlines():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if isinstance(row, dict):
+                    rows.append(row)
         return rows
 
     def lora_A_factors(self, run_name: str) -> dict[str, Any]:
         """The run's saved ``lora_A`` factors ``(r, in_features)`` by module name (without
-        ``base_model.model.``); empty when the run saved no adapter."""
+        ``base_model.model.``); empty when the run saved no adapter.
+
+        Raises:
+            DataError: the adapter file is unreadable (truncated, not safetensors).
+        """
         from safetensors.torch import load_file
 
         path = self.sweep_dir / run_name / ADAPTER_WEIGHTS
         if not path.is_file():
             return {}
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors' SafetensorError is no OSError  # noqa: BLE001
+            raise DataError(f"{path} is not a readable safetensors file: {type(exc).__name__}: {exc}") from exc
         out = {}
-        for key, tensor in load_file(str(path)).items():
+        for key, tensor in tensors.items():
             match = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_A(?:\.[^.]+)?\.weight", key)
             if match:
                 out[match.group(1)] = tensor
         return out
+
+    def values_of(self, configuration: Configuration) -> dict[str, Any]:
+        """The configuration's value of each axis (empty when its config could not be rebuilt)."""
+        return self.axis_values.get(configuration.key or configuration.name, {})
 
     def label(self, configuration: Configuration) -> str:
         """A short label: the configuration's axis values (``r=16``, ``method=dora``), or
         ``full FT (baseline)``; its name when the sweep has no axis."""
         if configuration.is_baseline:
             return f"{configuration.method} (baseline)" if configuration.method != "full" else "full FT (baseline)"
-        values = self.axis_values.get(configuration.name, {})
+        values = self.values_of(configuration)
         if not self.axes:
             return configuration.name
-        return ", ".join(f"{short_key(k)}={format_value(values.get(k))}" for k in self.axes[:2])
+        return ", ".join(f"{short_key(k)}={format_value(values.get(k))}" for k in self.axes)
 
 
 def short_key(key: str) -> str:
@@ -124,8 +138,12 @@ def run_names(sweep_dir: Path) -> list[str]:
         except (OSError, UnicodeDecodeError, csv.Error) as exc:  # unreadable: fall back to the directories
             logger.warning("%s is unreadable (%s); reporting on every run directory instead", summary, exc)
             names = []
-        if names:
-            return list(dict.fromkeys(names))
+        safe = [n for n in names if n not in (".", "..") and "/" not in n and "\\" not in n]
+        if len(safe) < len(names):
+            logger.warning("%s lists run names that are not a directory of the sweep; left out: %s", summary,
+                           sorted(set(names) - set(safe))[:5])
+        if safe:
+            return list(dict.fromkeys(safe))
     return sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
 
 
@@ -149,8 +167,9 @@ def ablated_axes(configurations: list[Configuration]) -> tuple[list[str], dict[s
             continue
         identity = _flatten(c.config.identity())
         identity.setdefault("method", c.method)
-        identities[c.name] = identity
-    compared = [identities[c.name] for c in configurations if c.name in identities and not c.is_baseline]
+        identities[c.key or c.name] = identity
+    compared = [identities[c.key or c.name] for c in configurations
+                if (c.key or c.name) in identities and not c.is_baseline]
     keys = sorted({k for d in compared for k in d} - set(NOT_AXES))
     varying = [k for k in keys if len({json.dumps(d.get(k), sort_keys=True, default=str) for d in compared}) > 1]
     order = {k: i for i, k in enumerate(AXIS_PREFERENCE)}
@@ -170,6 +189,24 @@ def _determined_by(values: list[str], axis: list[str]) -> bool:
     return len(set(zip(axis, values))) == len(set(axis))
 
 
+def _sane(name: str, record: RunRecord | None) -> RunRecord | None:
+    """``record`` when its sections have the types the report reads, else None (with a
+    warning naming the run and the section): a hand-edited or foreign ``metrics.json`` is a
+    missing run, not a traceback."""
+    if record is None:
+        return None
+    checks = {"config": dict, "eval": dict, "efficiency": dict, "training_efficiency": dict,
+              "adapter_statistics": dict, "representation_drift": dict, "versions": dict}
+    bad = [key for key, kind in checks.items() if not isinstance(getattr(record, key), kind)]
+    if not bad and not all(isinstance(s, dict) for s in record.adapter_statistics.values()):
+        bad = ["adapter_statistics.<module>"]
+    if bad:
+        logger.warning("%s/metrics.json: %s of an unexpected type; the run is left out of the report", name,
+                       ", ".join(f"`{key}`" for key in bad))
+        return None
+    return record
+
+
 def load_sweep(sweep_dir: str | Path, settings: Settings | None = None) -> SweepData:
     """Read ``sweep_dir`` for a report.
 
@@ -179,7 +216,7 @@ def load_sweep(sweep_dir: str | Path, settings: Settings | None = None) -> Sweep
 
     Raises:
         ConfigError: ``sweep_dir`` is not a directory or holds no run with a readable
-            ``metrics.json``.
+            ``metrics.json``, or the first run's config cannot be read.
     """
     from loraexp.config import build_config
     from loraexp.objective import objective
@@ -189,13 +226,16 @@ def load_sweep(sweep_dir: str | Path, settings: Settings | None = None) -> Sweep
         raise ConfigError(f"`SWEEP_DIR` {str(sweep_dir)!r} is not a directory; give a sweep directory "
                           f"(<output_dir>/<sweep name>, the one holding summary.csv)")
     names = run_names(sweep_dir)
-    records = {name: RunStore(sweep_dir / name, writable=False).read_record() for name in names}
+    records = {name: _sane(name, RunStore(sweep_dir / name, writable=False).read_record()) for name in names}
     first = next((r for r in records.values() if r is not None and r.config), None)
     if first is None:
         hint = (f"; it is a run directory: give the sweep directory {str(sweep_dir.parent)!r}"
                 if (sweep_dir / "metrics.json").is_file() else "")
         raise ConfigError(f"`SWEEP_DIR` {str(sweep_dir)!r} holds no run with a readable metrics.json{hint}")
-    cfg = build_config(first.config)
+    try:
+        cfg = build_config(first.config)
+    except ConfigError as exc:
+        raise ConfigError(f"{first.run_name}/metrics.json holds a config this loraexp cannot read: {exc}") from exc
     metric, direction = objective(cfg)
     settings = settings or Settings.from_config(cfg, metric)
     comparison = compare(sweep_dir, list(records.items()), settings)
