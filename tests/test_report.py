@@ -201,3 +201,21 @@ def test_report_survives_hostile_files_and_escapes_html(tiny_sweep, tmp_path, ca
     messages = caplog.text
     assert "not a readable safetensors file" in messages  # the subspace figure that needs it is left out, named
     assert "left out of the report" in messages and "not a directory of the sweep" in messages
+
+
+def test_the_cka_probe_leaves_the_trained_adapter_unchanged(tiny_bert_dir, tmp_path):
+    """The probe is a measurement: with it (default) and without it (0) the run trains the same
+    adapter bit for bit (dropout on, so a shifted random stream would show)."""
+    from safetensors.torch import load_file
+
+    adapters = []
+    for probe in (0, 256):
+        out = tmp_path / f"probe-{probe}"
+        cfg = build_config(overrides=tiny_overrides(tiny_bert_dir, write_tiny_sst2(out), out / "out", **{
+            "tracking.cka_probe_examples": probe, "lora.r": 2}))
+        result = run_sweep(cfg, progress=False)
+        assert result.runs[0].status == "completed"
+        assert bool(result.runs[0].record.representation_drift) == bool(probe)
+        adapters.append(load_file(str(result.runs[0].run_dir / "adapter" / "adapter_model.safetensors")))
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(adapters[0][k].equal(adapters[1][k]) for k in adapters[0])
