@@ -11,6 +11,12 @@ SEEDS=42,1337,2024
 mkdir -p "$OUT"
 "$PY" experiments/lora_finetune.py --task sst2 --mode ablation --ablation-type rank --seeds $SEEDS --baseline full \
     --max-train-samples 2000 --output-dir "$OUT" --set sweep.name=sst2-rank --no-progress 2>&1 | tee "$OUT/sst2-rank.log"
+# The method ablation's full fine-tuning and plain LoRA (r = 8) runs are the rank ablation's, same
+# configs: copied, they are skipped as completed (as in a shared sweep directory) and not trained twice.
+mkdir -p "$OUT/sst2-method"
+for run in "$OUT"/sst2-rank/sst2-minilm-full-s* "$OUT"/sst2-rank/sst2-minilm-r8-a16-standard-lr2e-3-s*; do
+  cp -r "$run" "$OUT/sst2-method/"
+done
 "$PY" experiments/lora_finetune.py --task sst2 --mode ablation --ablation-type method --seeds $SEEDS \
     --max-train-samples 2000 --output-dir "$OUT" --set sweep.name=sst2-method --no-progress 2>&1 | tee "$OUT/sst2-method.log"
 "$PY" -m loraexp.cli report "$OUT/sst2-rank" --confirm 2>&1 | tee "$OUT/sst2-rank-confirm.log"

@@ -153,18 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     if is_main_process():  # under accelerate launch, rank 0 prints
         console.print_summary(result)
         if not args.no_report:
-            _report(result.sweep_dir)
+            _report(result.sweep_dir, result.comparison)
     return code
 
 
-def _report(sweep_dir) -> None:
-    """Write the sweep report; a failure is logged and leaves the sweep's exit code alone."""
+def _report(sweep_dir, comparison) -> None:
+    """Write the sweep report (from the comparison the summary just computed); a failure is
+    logged and leaves the sweep's exit code alone."""
     import logging
 
     from loraexp.report.cli import run_report
 
     try:
-        run_report(str(sweep_dir))
+        run_report(str(sweep_dir), comparison=comparison)
     except Exception as exc:  # noqa: BLE001 -- the runs and summary are written; the report is extra
         logging.getLogger(__name__).error("the report of %s was not written: %s: %s", sweep_dir,
                                           type(exc).__name__, exc)

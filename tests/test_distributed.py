@@ -37,7 +37,7 @@ def _run(prefix: list[str], model: str, data: str, out: Path, per_device_batch: 
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (run_dir,) = [p for p in (out / "sst2-single").iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in (out / "sst2-single").iterdir() if (p / "metrics.json").is_file()]
     return run_dir, proc
 
 

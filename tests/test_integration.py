@@ -75,7 +75,7 @@ def test_readme_commands_on_real_data(data_dir, minilm_path, tmp_path, monkeypat
     code = main(argv + ["--data-dir", data_dir, "--output-dir", str(tmp_path), "--wandb", "disabled", *TINY])
     assert code == 0
     (sweep_dir,) = list(tmp_path.iterdir())
-    run_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    run_dirs = sorted(p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
     assert len(run_dirs) == runs
     for run_dir in run_dirs:
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -91,7 +91,7 @@ def test_training_on_real_sst2_learns(data_dir, minilm_path, tmp_path):
     code = main(["--task", "sst2", "--data-dir", data_dir, "--output-dir", str(tmp_path), "--wandb", "disabled",
                  "--max-train-samples", "3200", "--max-eval-samples", "400", "--no-progress"])
     assert code == 0
-    (run_dir,) = [p for p in (tmp_path / "sst2-single").iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in (tmp_path / "sst2-single").iterdir() if (p / "metrics.json").is_file()]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["training_efficiency"]["optimizer_steps"] == 100
     assert metrics["eval"]["accuracy"] >= 0.72, metrics["eval"]

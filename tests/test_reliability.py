@@ -98,7 +98,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_bert_dir, tiny_sst2_d
     reference = subprocess.run(_cli(tiny_bert_dir, tiny_sst2_dir, tmp_path / "reference", *run),
                                capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stdout + reference.stderr
-    (ref_dir,) = [p for p in (tmp_path / "reference" / "sst2-single").iterdir() if p.is_dir()]
+    (ref_dir,) = [p for p in (tmp_path / "reference" / "sst2-single").iterdir() if (p / "metrics.json").is_file()]
     run_dir = tmp_path / "killed" / "sst2-single" / ref_dir.name
 
     proc = _start(_cli(tiny_bert_dir, tiny_sst2_dir, tmp_path / "killed", *run), tmp_path / "first.log")

@@ -101,9 +101,10 @@ def summary_section(data: SweepData, figures: list[Figure], advice: SweepAdvice 
     if scored:
         sign = -1 if metric in LOWER_IS_BETTER or data.direction == "minimize" else 1
         best = max(scored, key=lambda c: sign * c.intervals[metric].mean)
+        interval = (f" ({s.confidence:.0%} Student-t CI over {best.completed} seeds)" if best.completed > 1 else "")
         lines.append(f"- **Best mean dev {metric}**: {best.name} ({data.label(best)}), "
-                     f"{_fmt_interval(best.intervals[metric])} ({s.confidence:.0%} Student-t CI over "
-                     f"{best.completed} seeds). A best mean is not a significant winner: see the differences below.")
+                     f"{_fmt_interval(best.intervals[metric])}{interval}. A best mean is not a significant winner: "
+                     "see the differences below.")
     verdicts = data.comparison.verdict_lines()
     if verdicts:
         lines.append(f"- **Against the baseline** ({data.comparison.baseline}; paired bootstrap over dev examples and "

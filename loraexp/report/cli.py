@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_report(sweep_dir: str, energy: float = 0.9, confirm: bool = False, rerun: bool = False,
-               wandb_mode: str | None = None) -> int:
+               wandb_mode: str | None = None, comparison=None) -> int:
     """Write the report (after the confirmation runs, with ``confirm``) and print where it is.
+
+    ``comparison``: the sweep's :class:`~loraexp.comparison.Comparison` when just computed.
 
     Raises:
         ConfigError: not a sweep directory; ``confirm`` without an advice.
@@ -65,7 +67,7 @@ def run_report(sweep_dir: str, energy: float = 0.9, confirm: bool = False, rerun
     from loraexp.report.build import write_report
     from loraexp.report.sweep_data import load_sweep
 
-    data = load_sweep(sweep_dir)
+    data = load_sweep(sweep_dir, comparison=comparison)
     code = 0
     if confirm:
         from loraexp.report.advice import sweep_advice

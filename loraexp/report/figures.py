@@ -133,11 +133,11 @@ def metric_vs_axis(data: SweepData, figures_dir: Path) -> Figure | None:
                       ha="right" if max(map(len, categories)) > 8 else "center")
         ax.set_xlim(-0.6, len(categories) - 0.4)
     seeds = sorted({c.completed for c in shown})
+    bars = (f"{'/'.join(map(str, seeds))} seeds; error bars: {settings.confidence:.0%} Student-t CI" if max(seeds) > 1
+            else "1 seed: no interval")
     ax.set_xlabel(_axis_title(axis) if axis else "configuration")
-    ax.set_ylabel(f"dev {metric}")
-    ax.set_title(f"{metric} by {_axis_title(axis) if axis else 'configuration'} "
-                 f"({'/'.join(map(str, seeds))} seeds; error bars: {settings.confidence:.0%} Student-t CI)",
-                 fontsize=10)
+    ax.set_ylabel(f"dev {metric}" + (" (lower is better)" if data.direction == "minimize" else ""))
+    ax.set_title(f"{metric} by {_axis_title(axis) if axis else 'configuration'} ({bars})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     path = _save(fig, figures_dir / "metric.png")

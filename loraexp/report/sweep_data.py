@@ -207,12 +207,16 @@ def _sane(name: str, record: RunRecord | None) -> RunRecord | None:
     return record
 
 
-def load_sweep(sweep_dir: str | Path, settings: Settings | None = None) -> SweepData:
+def load_sweep(sweep_dir: str | Path, settings: Settings | None = None,
+               comparison: Comparison | None = None) -> SweepData:
     """Read ``sweep_dir`` for a report.
 
     Args:
         settings: the comparison settings; default: from the sweep's config (the first
             readable run's ``sweep`` section and objective).
+        comparison: the sweep's comparison when the caller has just computed it (the end of a
+            sweep), so its bootstraps are not run twice; it must cover the runs of
+            ``summary.csv``.
 
     Raises:
         ConfigError: ``sweep_dir`` is not a directory or holds no run with a readable
@@ -238,7 +242,8 @@ def load_sweep(sweep_dir: str | Path, settings: Settings | None = None) -> Sweep
         raise ConfigError(f"{first.run_name}/metrics.json holds a config this loraexp cannot read: {exc}") from exc
     metric, direction = objective(cfg)
     settings = settings or Settings.from_config(cfg, metric)
-    comparison = compare(sweep_dir, list(records.items()), settings)
+    if comparison is None:
+        comparison = compare(sweep_dir, list(records.items()), settings)
     axes, values = ablated_axes(comparison.configurations)
     return SweepData(sweep_dir, names, records, comparison, direction, axes, values)
 
