@@ -32,6 +32,9 @@ def test_small_real_rank_sweep_end_to_end(data_dir, minilm_path, tmp_path, monke
     rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
     assert [r["run_name"] for r in rows] == names and all(r["status"] == "completed" for r in rows)
     assert all(name in printed for name in names) and "* best accuracy (maximize)" in printed
+    figures = {p.stem for p in (sweep_dir / "figures").glob("*.png")}  # one seed: no seed similarity
+    assert figures == {"metric", "loss_curves", "rank_use", "spectra", "subspace_ranks", "cka", "efficiency"}
+    assert "Report: " in printed and (sweep_dir / "report.html").is_file()
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     for name, r in zip(names, (2, 4)):
@@ -56,8 +59,10 @@ def test_small_real_rank_sweep_end_to_end(data_dir, minilm_path, tmp_path, monke
         assert not torch.allclose(adapted, plain)
 
 
+# --no-report: the report of a real sweep is checked in test_small_real_rank_sweep_end_to_end
 TINY = ["--max-steps", "4", "--max-train-samples", "64", "--max-eval-samples", "32",
-        "--set", "training.per_device_train_batch_size=8", "--set", "verification.latency_repeats=1", "--no-progress"]
+        "--set", "training.per_device_train_batch_size=8", "--set", "verification.latency_repeats=1", "--no-progress",
+        "--no-report"]
 
 
 @pytest.mark.parametrize("argv,runs,metric_keys", [
