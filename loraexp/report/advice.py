@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from loraexp.analysis.rank_advice import ModuleSpectra, RankAdvice, advise_ranks, reasoning
 from loraexp.comparison import Configuration
-from loraexp.report.figures import plain_delta
 from loraexp.report.sweep_data import SweepData
 
 # Methods whose ΔW is s·B·A on an unchanged base, so rank_pattern and the energy rank apply as
@@ -32,7 +31,7 @@ def advice_source(data: SweepData) -> Configuration | None:
     configurations of an advisable method, the one with the largest r (the most room to show
     how much rank is used), plain LoRA first, then the best mean metric."""
     candidates = [c for c in data.configurations if c.method in ADVISABLE_METHODS and c.config is not None
-                  and plain_delta(data, c)]
+                  and data.plain_delta(c)]
     if not candidates:
         return None
     sign = 1 if data.direction == "maximize" else -1

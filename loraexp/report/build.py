@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,16 +36,17 @@ class Report:
     data: SweepData
     advice: SweepAdvice | None = None
     confirmation: dict[str, Any] | None = None
-    sections: dict[str, str] = field(default_factory=dict)
 
 
-def write_report(sweep_dir: str | Path, energy: float = 0.9, data: SweepData | None = None) -> Report:
+def write_report(sweep_dir: str | Path, energy: float = 0.9, data: SweepData | None = None,
+                 advice: SweepAdvice | None = None) -> Report:
     """Write the sweep's report.
 
     Args:
         sweep_dir: ``<output_dir>/<sweep name>``.
         energy: the fraction of each module's ‖ΔW‖_F² the rank advice keeps (0 < f ≤ 1).
         data: the sweep already read (:func:`~loraexp.report.sweep_data.load_sweep`).
+        advice: the sweep's rank advice already computed for ``energy`` (``--confirm``).
 
     Returns:
         The :class:`Report`; ``report.md``, ``report.html`` and ``figures/*.png`` are written
@@ -57,18 +58,16 @@ def write_report(sweep_dir: str | Path, energy: float = 0.9, data: SweepData | N
     sweep_dir = Path(sweep_dir)
     data = data or load_sweep(sweep_dir)
     figures = all_figures(data, sweep_dir / FIGURES_DIR)
-    advice = sweep_advice(data, energy)
+    advice = advice or sweep_advice(data, energy)
     confirmation = read_confirmation(sweep_dir, advice)
-    sections = {"summary": summary_section(data, figures, advice, confirmation),
-                "configurations": configurations_markdown(data.comparison),
-                "figures": figures_section(figures, data)}
     title = f"loraexp report: {sweep_dir.name}"
-    markdown_text = "\n".join([f"# {title}", "", header_line(data), "", sections["summary"], sections["configurations"],
-                               sections["figures"]])
+    markdown_text = "\n".join([f"# {title}", "", header_line(data), "",
+                               summary_section(data, figures, advice, confirmation),
+                               configurations_markdown(data.comparison), figures_section(figures, data)])
     md_path, html_path = sweep_dir / REPORT_MD, sweep_dir / REPORT_HTML
     atomic_write_text(md_path, markdown_text)
     atomic_write_text(html_path, markdown_to_html(markdown_text, sweep_dir, title))
-    return Report(md_path, html_path, figures, data, advice, confirmation, sections)
+    return Report(md_path, html_path, figures, data, advice, confirmation)
 
 
 def header_line(data: SweepData) -> str:

@@ -68,7 +68,7 @@ def run_report(sweep_dir: str, energy: float = 0.9, confirm: bool = False, rerun
     from loraexp.report.sweep_data import load_sweep
 
     data = load_sweep(sweep_dir, comparison=comparison)
-    code = 0
+    code, advice = 0, None
     if confirm:
         from loraexp.report.advice import sweep_advice
         from loraexp.report.build import confirmation_text
@@ -81,7 +81,7 @@ def run_report(sweep_dir: str, energy: float = 0.9, confirm: bool = False, rerun
         result = confirm_advice(data, advice, rerun=rerun)
         print(confirmation_text(result))
         code = 0 if result["status"] == "completed" else 1
-    report = write_report(sweep_dir, energy=energy, data=data)
+    report = write_report(sweep_dir, energy=energy, data=data, advice=advice)
     print(f"Report: {report.html_path}\n  (report.md and {len(report.figures)} figures in figures/ beside it)")
     from loraexp.report.wandb_summary import log_report
 

@@ -99,6 +99,18 @@ class SweepData:
                 out[match.group(1)] = tensor
         return out
 
+    def lora_configurations(self) -> list[Configuration]:
+        """The configurations with an adapter (not full fine-tuning) and a completed run."""
+        return [c for c in self.configurations if c.method != "full" and self.completed_runs(c)]
+
+    def plain_delta(self, configuration: Configuration) -> bool:
+        """Whether the configuration's adapters are ΔW = s·B·A on the unchanged base (not PiSSA,
+        OLoRA or another initialisation that rewrote it: their saved adapter is PEFT's rank-2r
+        conversion [A; A0], whose A0, from the SVD of W, is the same for every seed)."""
+        runs = self.completed_runs(configuration)
+        return bool(runs) and all(s.get("delta_form", "BA") == "BA" for _, r in runs
+                                  for s in r.adapter_statistics.values())
+
     def values_of(self, configuration: Configuration) -> dict[str, Any]:
         """The configuration's value of each axis (empty when its config could not be rebuilt)."""
         return self.axis_values.get(configuration.key or configuration.name, {})
