@@ -116,16 +116,6 @@ def load_base(cfg: ExperimentConfig, task_type: str, num_labels: int, quantized:
     return model, tokenizer
 
 
-def rng_untouched():
-    """Context that restores torch's CPU (and CUDA) random state on exit: a measurement inside
-    it (iterating a DataLoader draws a base seed from the global generator) leaves the run's
-    random stream, and so its result, as it would be without the measurement."""
-    import torch
-
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    return torch.random.fork_rng(devices=devices)
-
-
 def select(dataset, limit: int | None, seed: int | None = None):
     """The first ``limit`` rows of ``dataset`` (shuffled with ``seed`` first, if given)."""
     if limit is None or limit >= len(dataset):
@@ -158,8 +148,7 @@ class LoraRecipe:
         self.initial: dict[str, Any] = {}  # initial factors / DoRA magnitudes (adapter_stats.initial_state)
         self.reference_logits = None  # the evaluated model's outputs on the check batches
         self._check_batches: list[dict[str, Any]] | None = None
-        self.probe_base: list[Any] | None = None  # base hidden states on the probe examples, per layer
-        self._probe_batches: list[dict[str, Any]] | None = None
+        self.drift = None  # loraexp.representation_drift.DriftProbe, on rank 0 when measured
 
     # -- stages --------------------------------------------------------------------------
     def start(self, resume: bool) -> None:
@@ -327,19 +316,15 @@ class LoraRecipe:
 
     def capture_probe_base(self) -> None:
         """On rank 0, before training: the base model's hidden states on the first
-        ``tracking.cka_probe_examples`` eval examples, pooled per example
-        (:func:`~loraexp.analysis.cka.pooled_hidden_states`), for :meth:`measure_drift`; the
-        random state is restored afterwards (:func:`rng_untouched`), so the measurement leaves
-        the training run unchanged."""
-        from loraexp.analysis.cka import pooled_hidden_states
+        ``tracking.cka_probe_examples`` eval examples (:class:`~loraexp.representation_drift.DriftProbe`),
+        for :meth:`measure_drift`; the random state is restored afterwards, so the measurement
+        leaves the training run unchanged."""
+        from loraexp.representation_drift import DriftProbe, probe_batches
 
-        if self.main and self.cfg.tracking.cka_probe_examples:
-            try:
-                with rng_untouched(), self.base_model_view():
-                    self.probe_base = pooled_hidden_states(self.tuned_model, self.probe_batches())
-            except (RuntimeError, ValueError) as exc:  # a measurement only: it never fails the run
-                self.record.representation_drift = {"error": f"base model: {type(exc).__name__}: {exc}"}
-                logger.warning("run %s: representation drift not measured: %s", self.record.run_name, exc)
+        wanted = self.cfg.tracking.cka_probe_examples
+        if self.main and wanted:
+            self.drift = DriftProbe(probe_batches(self.trainer.get_eval_dataloader(), wanted, self.tuned_model.device))
+            self.drift.capture_base(self.tuned_model, self.base_model_view())
 
     def train_or_restore(self) -> None:
         """``Trainer.train`` (from the checkpoint, if resuming), or -- when the checkpoint was
@@ -362,27 +347,14 @@ class LoraRecipe:
     def measure_drift(self) -> None:
         """Representation drift: linear CKA per layer between the base model's and the trained
         model's hidden states on the probe examples (docs/report.md, "Representation drift"),
-        into ``metrics.json`` and the tracker."""
-        from loraexp.analysis.cka import layerwise_cka, pooled_hidden_states
-
-        if self.probe_base is None:
+        into ``metrics.json`` and the tracker. A failure is recorded, never raised."""
+        if self.drift is None:
             return
-        drift: dict[str, Any] = {"metric": "linear CKA (Kornblith et al. 2019)",
-                                 "probe_examples": int(self.probe_base[0].shape[0]),
-                                 "pooling": "mean over non-padding tokens"}
-        if drift["probe_examples"] < 2:  # a measurement only: it never fails the run
-            self.record.representation_drift = {**drift, "error": "fewer than 2 probe examples in the eval split"}
+        drift = self.record.representation_drift = self.drift.measure(self.tuned_model)
+        if "error" in drift:
+            logger.warning("run %s: representation drift not measured: %s", self.record.run_name, drift["error"])
             return
-        try:
-            with rng_untouched():
-                cka = layerwise_cka(self.probe_base, pooled_hidden_states(self.tuned_model, self.probe_batches()))
-        except (RuntimeError, ValueError) as exc:  # e.g. out of memory with output_hidden_states
-            self.record.representation_drift = {**drift, "error": f"{type(exc).__name__}: {exc}"}
-            logger.warning("run %s: representation drift not measured: %s", self.record.run_name, exc)
-            return
-        self.record.representation_drift = {**drift, "layers": ["embeddings", *map(str, range(1, len(cka)))],
-                                            "cka": cka}
-        self.tracker.table("representation_drift/cka", ["layer", "cka"], [[i, c] for i, c in enumerate(cka)],
+        self.tracker.table("representation_drift/cka", ["layer", "cka"], [[i, c] for i, c in enumerate(drift["cka"])],
                            line=("layer", "cka", "Linear CKA, base vs trained, per layer"))
 
     def save_adapter(self) -> None:
@@ -607,20 +579,6 @@ class LoraRecipe:
             self._check_batches = self.eval_batches(self.cfg.verification.merge_eval_batches,
                                                     self.task.merge_check_rows)
         return self._check_batches
-
-    def probe_batches(self) -> list[dict[str, Any]]:
-        """The eval batches (without labels) holding the first ``tracking.cka_probe_examples``
-        eval examples, taken once, so the base and the trained model see the same ones."""
-        if self._probe_batches is None:
-            wanted, rows, self._probe_batches = self.cfg.tracking.cka_probe_examples, 0, []
-            for batch in self.trainer.get_eval_dataloader():
-                take = min(wanted - rows, len(batch["input_ids"]))
-                self._probe_batches.append({k: v[:take].to(self.tuned_model.device)
-                                            for k, v in batch.items() if k != "labels"})
-                rows += take
-                if rows == wanted:
-                    break
-        return self._probe_batches
 
     def eval_batches(self, count: int, max_rows: int | None) -> list[dict[str, Any]]:
         """The first ``count`` eval batches without labels, each cut to ``max_rows`` rows."""
