@@ -31,8 +31,8 @@ from loraexp.statistics import (
 logger = logging.getLogger(__name__)
 
 # Metrics given intervals when a run has them (classification: accuracy, F1; causal LM: loss,
-# perplexity; generation: exact match).
-STAT_METRICS = ("accuracy", "f1", "exact_match", "loss", "perplexity")
+# perplexity; generation: exact match; squad_v2: F1 and exact, percent).
+STAT_METRICS = ("accuracy", "f1", "exact", "exact_match", "loss", "perplexity")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Resolve a model alias / Hub id / local path, load it for a task's objective, and attach LoRA.
 
-The objective is a ``peft.TaskType`` value (``SEQ_CLS`` | ``CAUSAL_LM``): it picks the
+The objective is a ``peft.TaskType`` value (``SEQ_CLS`` | ``CAUSAL_LM`` | ``QUESTION_ANS``): it picks the
 ``transformers`` auto class (:data:`AUTO_MODEL_CLASSES`) and PEFT's ``task_type``.
 """
 
@@ -16,8 +16,11 @@ from loraexp.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
-# Names of classification heads that PEFT trains through ``modules_to_save``.
-HEAD_NAMES = ("classifier", "score")
+# Names of task heads that PEFT trains through ``modules_to_save``: classification heads, and the
+# start/end head of extractive QA. Naming ``qa_outputs`` up front (PEFT's QA wrapper adds it only
+# after injecting LoRA) keeps ``target_modules: all-linear`` from wrapping it in LoRA first, which
+# PEFT then refuses ("modules_to_save cannot be applied to modules of type lora.Linear").
+HEAD_NAMES = ("classifier", "score", "qa_outputs")
 
 
 def _minilm_path() -> str:
@@ -44,7 +47,9 @@ MODEL_ALIASES: dict[str, Callable[[], str]] = {
 
 SEQ_CLS = "SEQ_CLS"  # peft.TaskType values
 CAUSAL_LM = "CAUSAL_LM"
-AUTO_MODEL_CLASSES = {SEQ_CLS: "AutoModelForSequenceClassification", CAUSAL_LM: "AutoModelForCausalLM"}
+QUESTION_ANS = "QUESTION_ANS"
+AUTO_MODEL_CLASSES = {SEQ_CLS: "AutoModelForSequenceClassification", CAUSAL_LM: "AutoModelForCausalLM",
+                      QUESTION_ANS: "AutoModelForQuestionAnswering"}
 
 
 def model_task_type(model_config) -> str:
@@ -104,8 +109,8 @@ def load_model_config(name: str, trust_remote_code: bool = False):
 def load_model(name: str, task_type: str = SEQ_CLS, num_labels: int = 2, trust_remote_code: bool = False,
                dtype=None, quantization_config=None):
     """Load ``(model, tokenizer)`` with the auto class of ``task_type``
-    (:data:`AUTO_MODEL_CLASSES`): a causal LM, or a sequence classifier with ``num_labels``
-    classes (0: no head to size).
+    (:data:`AUTO_MODEL_CLASSES`): a causal LM, a sequence classifier with ``num_labels``
+    classes (0: no head to size), or an extractive QA model (a start/end head, ``qa_outputs``).
 
     Args:
         dtype: ``torch.dtype`` of the weights (None = float32 as stored by transformers' default).
@@ -143,8 +148,8 @@ def load_model(name: str, task_type: str = SEQ_CLS, num_labels: int = 2, trust_r
 
 
 def head_module_names(model) -> list[str]:
-    """Top-level classification heads of ``model`` (``classifier`` for BERT, ``score`` for
-    Llama/GPT-2), which are trained through ``modules_to_save``."""
+    """Top-level task heads of ``model`` (``classifier`` for BERT, ``score`` for Llama/GPT-2,
+    ``qa_outputs`` for extractive QA), which are trained through ``modules_to_save``."""
     return [n for n, _ in model.named_children() if n in HEAD_NAMES]
 
 
@@ -159,8 +164,9 @@ def attach_lora(model, lora: dict[str, Any], seed: int | None = None, task_type:
 
     Returns:
         ``(peft_model, lora_config)``. A classification head (:func:`head_module_names`) is
-        in ``modules_to_save`` unless the mapping sets ``modules_to_save`` itself; a causal
-        LM has none, so it trains only LoRA.
+        in ``modules_to_save`` unless the mapping sets ``modules_to_save`` itself (PEFT's
+        ``QUESTION_ANS`` wrapper adds ``qa_outputs`` again, so the saved config lists it
+        twice); a causal LM has none, so it trains only LoRA.
 
     Raises:
         ConfigError: target modules that match nothing (the message lists the model's

@@ -18,7 +18,7 @@ from loraexp.errors import ConfigError
 from loraexp.models import MODEL_ALIASES, load_model_config, model_task_type, resolve_model
 from loraexp.schema import ExperimentConfig
 from loraexp.storage import RunStore
-from loraexp.tasks import FORMS, get_task, task_type_for
+from loraexp.tasks import FORMS, configured_task
 from loraexp.tasks.base import check_files_exist
 from loraexp.tracking import effective_mode
 
@@ -117,9 +117,9 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None
     for _, cfg in runs:
         if cfg.model not in model_configs:
             model_configs[cfg.model] = load_model_config(cfg.model, cfg.trust_remote_code)
-        task_type = task_type_for(cfg.task, model_task_type(model_configs[cfg.model]))
-        task = get_task(cfg.task, task_type)
-        key = (cfg.task, task_type, cfg.resolved_data_dir())
+        task = configured_task(cfg, model_task_type(model_configs[cfg.model]))
+        task_type = task.task_type
+        key = (repr(task), cfg.resolved_data_dir())
         if key not in checked:
             task.check_data(cfg.resolved_data_dir())
             checked.add(key)

@@ -23,6 +23,7 @@ from loraexp.record import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_FAILED_VERIFICATION,
+    ConvergenceCheck,
     FrozenBaseCheck,
     GradFlowCheck,
     MergeCheck,
@@ -180,24 +181,26 @@ class LoraRecipe:
         from transformers import set_seed
 
         from loraexp.models import load_model_config, model_task_type
-        from loraexp.tasks import get_task, task_type_for
+        from loraexp.tasks import configured_task
 
         cfg = self.cfg
         set_seed(cfg.seed)
-        model_type = model_task_type(load_model_config(cfg.model, cfg.trust_remote_code))
-        self.task = get_task(cfg.task, task_type_for(cfg.task, model_type))
+        self.task = configured_task(cfg, model_task_type(load_model_config(cfg.model, cfg.trust_remote_code)))
         self.data_dir = cfg.resolved_data_dir()
         self.train_split = select(self.task.load_split("train", self.data_dir), cfg.max_train_samples,
                                   seed=cfg.data_seed)
         self.eval_split = self.task.load_split("validation", self.data_dir)
+        if self.task.windows_per_example:  # max_eval_samples counts examples, not their windows
+            self.eval_split = select(self.eval_split, cfg.max_eval_samples)
 
     def load_model(self) -> None:
         """Load the base (quantized if asked) and tokenize both splits."""
         cfg = self.cfg
         self.model, self.tokenizer = load_base(cfg, self.task.task_type, self.task.num_labels)
         self.train_data = self.task.tokenize(self.train_split, self.tokenizer, cfg.max_seq_length)
-        self.eval_data = select(self.task.tokenize(self.eval_split, self.tokenizer, cfg.max_seq_length),
-                                cfg.max_eval_samples)
+        self.eval_data = self.task.tokenize(self.eval_split, self.tokenizer, cfg.max_seq_length)
+        if not self.task.windows_per_example:
+            self.eval_data = select(self.eval_data, cfg.max_eval_samples)
 
     def attach_adapter(self) -> None:
         """Wrap the base with the method's LoRA adapter (seeded right before the factors are
@@ -229,6 +232,9 @@ class LoraRecipe:
             learning_rate=self.training["learning_rate"])
         self.record.verification.not_applicable = not_applicable_checks(
             cfg.method, lora_config.init_lora_weights if lora_config else None, cfg.quantization.method != "none")
+        if cfg.verification.min_loss_decrease is None:
+            self.record.verification.not_applicable["convergence"] = (
+                "off: verification.min_loss_decrease is not set (loss_decrease_pct is recorded)")
         self.record.efficiency = parameter_report(self.tuned_model)
         self.tracker.summary({f"efficiency/{k}": v for k, v in self.record.efficiency.items()
                               if not isinstance(v, dict)})
@@ -422,8 +428,15 @@ class LoraRecipe:
             self.save_model(merged)
 
     def conclude(self) -> None:
-        """``completed`` when every check passed, else ``failed_verification`` with the
-        reasons."""
+        """The convergence figures (:func:`~loraexp.analysis.convergence.loss_decrease`, from
+        ``history.jsonl`` on rank 0); then ``completed`` when every check passed, else
+        ``failed_verification`` with the reasons."""
+        from loraexp.analysis.convergence import loss_decrease
+
+        v = self.cfg.verification
+        self.record.verification.convergence = (
+            loss_decrease(self.store.read_history(), self.training.get("logging_steps", 500), v.min_loss_decrease)
+            if self.main else ConvergenceCheck(passed=True, checked_on="rank 0"))
         self.collect_verification()
         verification = self.record.verification
         if verification.passed:
@@ -545,17 +558,20 @@ class LoraRecipe:
     def evaluate_as(self, label: str, keep_examples: bool = False) -> dict[str, Any]:
         """Evaluation metrics without the ``<label>_`` prefix, post-processed by the task, plus
         its generation metrics (per-example records to ``generations_<label>.jsonl``). With
-        ``keep_examples``, ``Trainer.predict`` runs the same evaluation loop and the per-example
-        scores go to ``predictions.npz`` (:func:`~loraexp.statistics.save_predictions`)."""
+        ``keep_examples`` (or for a task whose metrics need the examples), ``Trainer.predict``
+        runs the same evaluation loop and the task scores each example
+        (:meth:`~loraexp.tasks.base.Task.example_scores`); with ``keep_examples`` the
+        per-example scores go to ``predictions.npz`` (:func:`~loraexp.statistics.save_predictions`)."""
         from loraexp.statistics import PREDICTIONS_FILE, record_scores, save_predictions
 
         columns: dict[str, Any] = {}
         scores: dict[str, Any] = {}
-        if keep_examples:
+        if keep_examples or self.task.metrics_from_examples:
             output = self.trainer.predict(self.eval_data, metric_key_prefix=label)
-            self.trainer.log(output.metrics)
-            metrics = output.metrics
-            columns, scores = self.task.example_scores(output.predictions, output.label_ids, self.tokenizer)
+            columns, scores, extra = self.task.example_scores(output.predictions, output.label_ids, self.tokenizer,
+                                                              self.eval_split, self.eval_data)
+            metrics = {**output.metrics, **{f"{label}_{k}": v for k, v in extra.items()}}
+            self.trainer.log(metrics)
         else:
             metrics = self.trainer.evaluate(metric_key_prefix=label)
         out = self.task.postprocess_metrics({k.removeprefix(f"{label}_"): v for k, v in metrics.items()})

@@ -141,6 +141,18 @@ class RunStore:
                     kept.append(line + "\n")
         atomic_write_text(self.history_path, "".join(kept))
 
+    def read_history(self) -> list[dict[str, Any]]:
+        """The rows of ``history.jsonl`` (none when it is missing); a line cut short by a kill
+        is skipped."""
+        rows = []
+        if self.history_path.is_file():
+            for line in self.history_path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue
+        return rows
+
     def write_jsonl(self, name: str, records: list[dict[str, Any]]) -> None:
         """Atomically write ``records`` as JSON lines to ``<run_dir>/<name>``."""
         if not self.writable:

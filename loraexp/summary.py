@@ -79,6 +79,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("eval_perplexity", lambda r: r.eval.get("perplexity")),
     Column("base_perplexity", lambda r: (r.base_eval or {}).get("perplexity")),
     Column("eval_exact_match", lambda r: r.eval.get("exact_match")),
+    Column("eval_exact", lambda r: r.eval.get("exact")),  # squad_v2 (percent), with its breakdown
+    Column("eval_HasAns_f1", lambda r: r.eval.get("HasAns_f1")),
+    Column("eval_NoAns_f1", lambda r: r.eval.get("NoAns_f1")),
+    Column("no_answer_f1", lambda r: r.eval.get("no_answer_f1")),
+    Column("base_f1", lambda r: (r.base_eval or {}).get("f1")),
+    Column("base_HasAns_f1", lambda r: (r.base_eval or {}).get("HasAns_f1")),
     Column("base_exact_match", lambda r: (r.base_eval or {}).get("exact_match")),
     Column("lora_params", lambda r: r.efficiency.get("lora_params")),
     Column("trainable_params", lambda r: r.efficiency.get("trainable_params")),
@@ -95,6 +101,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("quantization_gap", lambda r: r.verification.merge.quantization_gap_max_abs_diff),
     Column("verification", _verification),
     Column("train_seconds", lambda r: r.training_efficiency.get("train_seconds")),
+    Column("loss_decrease_pct", lambda r: r.verification.convergence.loss_decrease_pct),
     Column("run_id", lambda r: r.run_id or None),
     Column("error", lambda r: (r.error or "")[:120] or None),
 )

@@ -214,6 +214,30 @@ def _validate_sweep(cfg: ExperimentConfig) -> list[str]:
     return problems
 
 
+def _validate_qa(cfg: ExperimentConfig) -> list[str]:
+    """The ``qa`` section (checked for ``squad_v2`` only): positive sizes, a finite threshold,
+    and a document stride that leaves room for new context in each window (below half of
+    ``max_seq_length``)."""
+    qa, problems = cfg.qa, []
+    if cfg.task != "squad_v2":
+        return problems
+    for name in ("max_answer_length", "n_best", "local_train_articles"):
+        if not _positive_int(getattr(qa, name)):
+            problems.append(f"`qa.{name}` must be a positive int, got {getattr(qa, name)!r}")
+    stride = qa.doc_stride
+    if stride is None:
+        pass
+    elif not (isinstance(stride, int) and not isinstance(stride, bool) and stride >= 0):
+        problems.append(f"`qa.doc_stride` must be an int >= 0 or null, got {stride!r}")
+    elif _positive_int(cfg.max_seq_length) and stride >= cfg.max_seq_length // 2:
+        problems.append(f"`qa.doc_stride` must be below half of max_seq_length ({cfg.max_seq_length // 2}), so that "
+                        f"a window holds the question and new context, got {stride!r}")
+    threshold = qa.null_score_diff_threshold
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold)):
+        problems.append(f"`qa.null_score_diff_threshold` must be a finite number, got {threshold!r}")
+    return problems
+
+
 def validate(cfg: ExperimentConfig) -> list[str]:
     """Return every problem of ``cfg`` (empty if valid). Cheap: loads no model or data."""
     from loraexp.tasks import TASK_NAMES
@@ -238,6 +262,7 @@ def validate(cfg: ExperimentConfig) -> list[str]:
     for name in ("generation_samples", "max_new_tokens", "generation_batch_size"):
         if not _positive_int(getattr(e, name)):
             problems.append(f"`evaluation.{name}` must be a positive int, got {getattr(e, name)!r}")
+    problems += _validate_qa(cfg)
     problems += _validate_training(cfg.training)
     problems += _validate_method(cfg)
     if not _positive_int(cfg.tracking.stats_every_steps):
@@ -256,4 +281,9 @@ def validate(cfg: ExperimentConfig) -> list[str]:
     for name in ("merge_eval_batches", "latency_repeats"):
         if not _positive_int(getattr(v, name)):
             problems.append(f"`verification.{name}` must be a positive int, got {getattr(v, name)!r}")
+    drop = v.min_loss_decrease
+    if drop is not None and not (isinstance(drop, (int, float)) and not isinstance(drop, bool)
+                                 and math.isfinite(drop) and drop < 100):
+        problems.append(f"`verification.min_loss_decrease` must be null (off) or a number of percent below 100 "
+                        f"(30 = the loss falls by 30%), got {drop!r}")
     return problems + _validate_sweep(cfg)

@@ -104,6 +104,22 @@ def _full_fine_tuning_run(e, mp):
     return ["--run", str(run)]
 
 
+def _causal_lm_config_dir(e):
+    """A model directory whose config.json names a causal LM (preflight reads only that)."""
+    from tests.conftest import tiny_llama_config
+
+    config = tiny_llama_config()
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(e["tmp"] / "causal-lm")
+    return str(e["tmp"] / "causal-lm")
+
+
+def _squad_data(e):
+    from tests.test_squad_v2_task import write_squad
+
+    return write_squad(e["tmp"] / "squad-data", articles=3)
+
+
 # (id, entry point, argv builder (env, monkeypatch) -> extra argv, fragments of the one error message)
 CASES = [
     ("yaml-syntax-error", "main", _bad_yaml, ["is not valid YAML at line 3"]),
@@ -131,7 +147,17 @@ CASES = [
     ("max-steps-zero", "main", lambda e, mp: ["--max-steps", "0"],
      ["`training.max_steps` must be a positive int (or -1 for epochs), got 0"]),
     ("unknown-task", "main", lambda e, mp: ["--task", "cola"],
-     ["`task` 'cola' is unknown; allowed: gsm8k, lima, mrpc, rte, shakespeare, sst2"]),
+     ["`task` 'cola' is unknown; allowed: gsm8k, lima, mrpc, rte, shakespeare, squad_v2, sst2"]),
+    ("squad-v2-on-a-causal-lm", "main", lambda e, mp: ["--task", "squad_v2", "--model", _causal_lm_config_dir(e),
+                                                   "--data-dir", _squad_data(e)],
+     ["`task` 'squad_v2' is extractive question answering on an encoder", "generative QA is not supported"]),
+    ("squad-v2-doc-stride-too-long", "main", lambda e, mp: ["--task", "squad_v2", "--set", "qa.doc_stride=100"],
+     ["`qa.doc_stride` must be below half of max_seq_length (64)", "got 100"]),
+    ("squad-v2-train-articles-out-of-range", "main",
+     lambda e, mp: ["--task", "squad_v2", "--data-dir", _squad_data(e), "--set", "qa.local_train_articles=3"],
+     ["`qa.local_train_articles` is 3, but", "has 3 articles; it must be between 1 and 2"]),
+    ("min-loss-decrease-not-a-percent", "main", lambda e, mp: ["--set", "verification.min_loss_decrease=0.3e3"],
+     ["`verification.min_loss_decrease` must be null (off) or a number of percent below 100", "got 300.0"]),
     ("unknown-ablation-type", "main", lambda e, mp: ["--mode", "ablation", "--ablation-type", "depth"],
      ["argument --ablation-type: invalid choice: 'depth'", "rank"]),
     ("unknown-preset", "main", lambda e, mp: ["--set", "lora.target_modules=everything"],

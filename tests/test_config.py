@@ -26,7 +26,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
     ({"training.max_steps": 0}, "`training.max_steps` must be a positive int"),
     ({"training.lerning_rate": 1e-4}, "unknown key `training.lerning_rate`"),
     ({"training.output_dir": "x"}, "`training.output_dir` is set by loraexp"),
-    ({"task": "cola"}, "`task` 'cola' is unknown; allowed: gsm8k, lima, mrpc, rte, shakespeare, sst2"),
+    ({"task": "cola"}, "`task` 'cola' is unknown; allowed: gsm8k, lima, mrpc, rte, shakespeare, squad_v2, sst2"),
     ({"seed": "abc"}, "`seed` must be of type int, got 'abc'"),
     ({"max_train_samples": 0}, "`max_train_samples` must be a positive int or null"),
     ({"tracking.wandb": "cloud"}, "`tracking.wandb` must be one of online, offline, disabled, got 'cloud'"),

@@ -27,7 +27,8 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
 
 
 def test_summary_lists_every_run_including_missing(tmp_path):
-    passed = Verification(not_applicable={"full_training": "LoRA run", "reload": "not checked here"})
+    passed = Verification(not_applicable={"full_training": "LoRA run", "reload": "not checked here",
+                                          "convergence": "off"})
     passed.frozen_base.passed = passed.grad_flow.passed = True
     passed.merge = MergeCheck(passed=True, max_abs_diff=1e-7)
     RunStore(tmp_path / "a").write_record(RunRecord(
@@ -67,7 +68,8 @@ def test_record_round_trips_through_metrics_json(tmp_path):
     ((True, False, True), False, ["no lora_A gradient"]),
 ])
 def test_verification_passes_only_when_every_check_passed(checks, passed, reasons):
-    verification = Verification(not_applicable={"full_training": "LoRA run", "reload": "quantized base"})
+    verification = Verification(not_applicable={"full_training": "LoRA run", "reload": "quantized base",
+                                                "convergence": "off"})
     verification.frozen_base.passed, verification.grad_flow.passed, verification.merge.passed = checks
     if checks[1] is False:
         verification.grad_flow.reason = "no lora_A gradient"
@@ -76,8 +78,10 @@ def test_verification_passes_only_when_every_check_passed(checks, passed, reason
 
 @pytest.mark.parametrize("not_applicable, passed", [
     ({}, False),  # the two LoRA-less checks apply but were not observed
-    ({"full_training": "LoRA run", "reload": "quantized"}, True),
-    ({n: "n/a" for n in ("frozen_base", "grad_flow", "full_training", "merge", "reload")}, False),  # nothing applies
+    ({"full_training": "LoRA run", "reload": "quantized", "convergence": "off"}, True),
+    ({"full_training": "LoRA run", "reload": "quantized"}, False),  # convergence applies, not observed
+    ({n: "n/a" for n in ("frozen_base", "grad_flow", "full_training", "merge", "reload", "convergence")},
+     False),  # nothing applies
 ])
 def test_not_applicable_checks_are_left_out_and_nothing_passes_vacuously(not_applicable, passed):
     verification = Verification(not_applicable=not_applicable)

@@ -66,6 +66,6 @@ def test_metrics(task, expected):
 
 
 def test_unknown_task():
-    with pytest.raises(ConfigError, match="allowed: gsm8k, lima, mrpc, rte, shakespeare, sst2"):
+    with pytest.raises(ConfigError, match="allowed: gsm8k, lima, mrpc, rte, shakespeare, squad_v2, sst2"):
         get_task("cola")
-    assert sorted(TASK_NAMES) == ["gsm8k", "lima", "mrpc", "rte", "shakespeare", "sst2"]
+    assert sorted(TASK_NAMES) == ["gsm8k", "lima", "mrpc", "rte", "shakespeare", "squad_v2", "sst2"]

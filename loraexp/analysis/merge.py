@@ -13,14 +13,21 @@ from loraexp.record import MergeCheck, ReloadCheck
 SPACES = ("logits", "probs")
 
 
+def output_logits(output) -> torch.Tensor:
+    """A model output's logits: ``logits``, or for extractive QA (``start_logits`` and
+    ``end_logits``, each ``(batch, seq)``) both stacked to ``(batch, seq, 2)``."""
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else torch.stack([output.start_logits, output.end_logits], -1)
+
+
 @torch.no_grad()
 def _logits(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
-    return torch.cat([model(**b).logits.float().flatten(0, -2) for b in batches])
+    return torch.cat([output_logits(model(**b)).float().flatten(0, -2) for b in batches])
 
 
 def model_logits(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """``model``'s logits on ``batches``, float32, flattened to ``(positions, classes or
-    vocabulary)`` and concatenated: what the checks compare."""
+    """``model``'s logits on ``batches`` (:func:`output_logits`), float32, flattened to
+    ``(positions, classes | vocabulary | 2)`` and concatenated: what the checks compare."""
     return _logits(model, batches)
 
 

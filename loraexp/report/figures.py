@@ -50,6 +50,9 @@ def metric_vs_axis(data: SweepData, figures_dir: Path) -> Figure | None:
                        hatch=None if index == 0 else "//", label=f"{name}: {settings.confidence:.0%} CI")
         ax.axhline(iv.mean, color="0.35", lw=1.2, ls=("--", ":", "-.")[index % 3], label=f"{name}: mean {iv.mean:.4f}")
     baseline = baselines[0] if baselines else None
+    references = _reference_lines(data, shown, metric)
+    for index, (name, value) in enumerate(references.items()):
+        ax.axhline(value, color=("tab:red", "tab:purple")[index % 2], lw=1.0, ls=":", label=f"{name}: {value:.4g}")
     colors = palette(len(series))
     width = 0.6 / max(1, len(series))
     for index, (value, members) in enumerate(series.items()):
@@ -90,7 +93,21 @@ def metric_vs_axis(data: SweepData, figures_dir: Path) -> Figure | None:
     path = save(fig, figures_dir / "metric.png")
     return Figure("metric", path, f"Dev {metric} by {_axis_title(axis) if axis else 'configuration'}",
                   f"Mean dev {metric} over seeds per configuration with its {settings.confidence:.0%} Student-t "
-                  f"interval over seeds" + (f"; the band is the {data.label(baseline)} interval." if baseline else "."))
+                  f"interval over seeds" + (f"; the band is the {data.label(baseline)} interval" if baseline else "")
+                  + "".join(f"; dotted: {name}" for name in references) + ".")
+
+
+def _reference_lines(data: SweepData, shown: list[Configuration], metric: str) -> dict[str, float]:
+    """Reference levels of ``metric`` every run of the sweep shares, drawn as dotted lines: the
+    task's trivial baseline (``no_answer_<metric>`` in ``eval``: squad_v2's always-no-answer
+    predictions) and the base model before training (``base_eval``: a causal LM's base, or
+    squad_v2's untrained head), each only when all completed runs agree on it (the same base
+    and dev set)."""
+    records = [r for c in shown for _, r in data.completed_runs(c)]
+    candidates = {"always no answer": [r.eval.get(f"no_answer_{metric}") for r in records],
+                  "before training (adapters off)": [(r.base_eval or {}).get(metric) for r in records]}
+    return {name: values[0] for name, values in candidates.items()
+            if values and all(isinstance(v, (int, float)) for v in values) and max(values) - min(values) < 1e-9}
 
 
 def _axis_title(axis: str | None) -> str:

@@ -3,9 +3,9 @@
 A task knows where its data lives (the Hub, or a local directory in the layout of
 ``shared/data``), how to check and tokenize it, how to batch it, and how to score a model on
 it. Its objective is a :class:`peft.TaskType` value (``task_type``): ``SEQ_CLS`` for a
-classification head, ``CAUSAL_LM`` for next-token prediction. The recipe
-(:mod:`loraexp.recipe`) talks to tasks through :class:`Task` only, so a new family (extractive
-QA, ``QUESTION_ANS``) is a new implementation of this protocol, not a new branch in the recipe.
+classification head, ``CAUSAL_LM`` for next-token prediction, ``QUESTION_ANS`` for extractive
+QA. The recipe (:mod:`loraexp.recipe`) talks to tasks through :class:`Task` only, so a new
+family is a new implementation of this protocol, not a new branch in the recipe.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ class Task(Protocol):
 
     Attributes:
         name: registry name (``sst2``).
-        task_type: the objective as a ``peft.TaskType`` value (``SEQ_CLS`` | ``CAUSAL_LM``);
-            it picks the ``AutoModelFor...`` class and PEFT's task type.
+        task_type: the objective as a ``peft.TaskType`` value (``SEQ_CLS`` | ``CAUSAL_LM`` |
+            ``QUESTION_ANS``); it picks the ``AutoModelFor...`` class and PEFT's task type.
         num_labels: classes of a classification head; 0 when the model has no head to build.
         local_files: split -> path relative to the data directory.
         hub_dataset, hub_config: ``datasets.load_dataset(hub_dataset, hub_config)``.
@@ -33,6 +33,11 @@ class Task(Protocol):
         merge_space: where the merge check compares outputs: ``logits`` or ``probs``.
         merge_check_rows: rows of each eval batch the merge check uses (None: all); a causal
             LM's ``(batch, seq, vocab)`` logits are large.
+        metrics_from_examples: every evaluation (the base model's too) runs
+            ``Trainer.predict`` and takes its metrics from :meth:`example_scores` (extractive
+            QA: answers are text assembled from several windows per question).
+        windows_per_example: :meth:`tokenize` turns one example into several rows, so
+            ``max_eval_samples`` selects examples before tokenizing (else rows after).
     """
 
     name: str
@@ -44,6 +49,8 @@ class Task(Protocol):
     scores_base_model: bool
     merge_space: str
     merge_check_rows: int | None
+    metrics_from_examples: bool
+    windows_per_example: bool
 
     def check_data(self, data_dir: str | Path | None) -> None:
         """Fail before any training if a local file is missing, unreadable, lacks columns or
@@ -67,12 +74,16 @@ class Task(Protocol):
         """Keyword arguments for ``Trainer``: ``compute_metrics`` and, if needed,
         ``preprocess_logits_for_metrics``; empty for loss-only evaluation."""
 
-    def example_scores(self, predictions, label_ids, tokenizer) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``(columns, scores)`` of the final evaluation, from ``Trainer.predict``'s
-        ``predictions`` (after ``preprocess_logits_for_metrics``) and ``label_ids``: per-example
-        columns for ``predictions.npz`` (``index``, ``label``, ``prediction``, ``score`` for a
-        classifier) and, per metric, :class:`~loraexp.statistics.ExampleScores` (what the paired
-        bootstrap resamples)."""
+    def example_scores(self, predictions, label_ids, tokenizer, examples=None,
+                       features=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """``(columns, scores, metrics)`` of an evaluation, from ``Trainer.predict``'s
+        ``predictions`` (after ``preprocess_logits_for_metrics``) and ``label_ids``, with the
+        eval ``examples`` (raw rows) and ``features`` (their tokenized rows) for tasks that
+        need them: per-example columns for ``predictions.npz`` (``index``, ``label``,
+        ``prediction``, ``score`` for a classifier); per metric,
+        :class:`~loraexp.statistics.ExampleScores` (what the paired bootstrap resamples); and
+        the metrics ``compute_metrics`` could not give (empty unless
+        ``metrics_from_examples``)."""
 
     def training_defaults(self) -> dict[str, Any]:
         """``TrainingArguments`` fields this task needs unless the config sets them."""

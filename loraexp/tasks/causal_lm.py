@@ -53,6 +53,8 @@ class CausalLMTask:
     scores_base_model: bool = True
     merge_space: str = "probs"
     merge_check_rows: int | None = 8
+    metrics_from_examples: bool = False
+    windows_per_example: bool = False
 
     def check_data(self, data_dir) -> None:
         """Fail early (before any training) if a local file is missing, unreadable, lacks
@@ -87,16 +89,18 @@ class CausalLMTask:
         ``compute_metrics`` keeps no logits."""
         return {"preprocess_logits_for_metrics": token_nll}
 
-    def example_scores(self, nll_and_tokens, label_ids, tokenizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    def example_scores(self, nll_and_tokens, label_ids, tokenizer, examples=None,
+                       features=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Per-example columns (``index``, ``nll``, ``tokens``) and the ``loss`` / ``perplexity``
-        :class:`~loraexp.statistics.ExampleScores` from :func:`token_nll` rows ``(n, 2)``."""
+        :class:`~loraexp.statistics.ExampleScores` from :func:`token_nll` rows ``(n, 2)``; no
+        extra metrics (``Trainer.evaluate``'s loss is the metric)."""
         import numpy as np
 
         from loraexp.statistics import token_loss_scores
 
         rows = np.asarray(nll_and_tokens, dtype=np.float64).reshape(-1, 2)
         columns = {"index": np.arange(len(rows)), "nll": rows[:, 0], "tokens": rows[:, 1]}
-        return columns, token_loss_scores(rows)
+        return columns, token_loss_scores(rows), {}
 
     def training_defaults(self) -> dict[str, Any]:
         """None: the Trainer's defaults (token-level loss, averaged across processes) fit."""

@@ -43,6 +43,8 @@ class ClassificationTask:
     scores_base_model: bool = False  # the head is randomly initialised before training
     merge_space: str = "logits"
     merge_check_rows: int | None = None
+    metrics_from_examples: bool = False
+    windows_per_example: bool = False
 
     def local_path(self, data_dir: str | Path, split: str) -> Path:
         """Path of ``split`` under ``data_dir``.
@@ -122,10 +124,12 @@ class ClassificationTask:
         """None: classification is scored from logits only."""
         return None
 
-    def example_scores(self, logits, labels, tokenizer=None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def example_scores(self, logits, labels, tokenizer=None, examples=None,
+                       features=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Per-example columns (``index``, ``label``, ``prediction``, ``score`` = softmax
         probability of the predicted class) and :class:`~loraexp.statistics.ExampleScores` of
-        ``accuracy`` (and ``f1``) from ``logits`` ``(n, num_labels)`` and ``labels`` ``(n,)``."""
+        ``accuracy`` (and ``f1``) from ``logits`` ``(n, num_labels)`` and ``labels`` ``(n,)``;
+        no extra metrics (:meth:`compute_metrics` gave them)."""
         import numpy as np
 
         from loraexp.statistics import classification_scores
@@ -136,7 +140,7 @@ class ClassificationTask:
         predictions, labels = probs.argmax(-1), np.asarray(labels)
         columns = {"index": np.arange(len(labels)), "label": labels, "prediction": predictions,
                    "score": probs.max(-1)}
-        return columns, classification_scores(predictions, labels, binary_f1="f1" in self.metrics)
+        return columns, classification_scores(predictions, labels, binary_f1="f1" in self.metrics), {}
 
     def compute_metrics(self, logits, labels) -> dict[str, float]:
         """GLUE metrics from ``logits`` ``(n, num_labels)`` and integer ``labels`` ``(n,)``

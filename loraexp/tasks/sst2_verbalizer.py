@@ -90,10 +90,12 @@ class SST2VerbalizerTask(CausalLMTask):
 
         return {"preprocess_logits_for_metrics": preprocess, "compute_metrics": compute}
 
-    def example_scores(self, scores, label_ids, tokenizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    def example_scores(self, scores, label_ids, tokenizer, examples=None,
+                       features=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Per-example columns (``index``, ``label``, ``prediction``, ``score`` = the winning
         label word's logit) and the ``accuracy`` :class:`~loraexp.statistics.ExampleScores`,
-        from the label-word logits ``(n, num_labels)`` and ``label_ids`` ``(n, seq)``."""
+        from the label-word logits ``(n, num_labels)`` and ``label_ids`` ``(n, seq)``; no extra
+        metrics (``compute_metrics`` gave accuracy)."""
         import numpy as np
 
         from loraexp.statistics import classification_scores
@@ -106,7 +108,7 @@ class SST2VerbalizerTask(CausalLMTask):
         scores = np.asarray(scores)
         predictions = scores.argmax(-1)
         columns = {"index": np.arange(len(gold)), "label": gold, "prediction": predictions, "score": scores.max(-1)}
-        return columns, classification_scores(predictions, gold, binary_f1=False)
+        return columns, classification_scores(predictions, gold, binary_f1=False), {}
 
     @staticmethod
     def accuracy(scores, label_ids, word_ids: list[int]) -> float:
