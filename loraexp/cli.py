@@ -9,7 +9,8 @@ allowed values and default; every other field is reached with ``--set key=value`
 Exit codes: 0 every run completed; 1 some run failed (recorded in its metrics.json);
 2 bad input (config, task, model, target modules, data files), found before any training.
 ``loraexp report SWEEP_DIR`` writes a sweep's report (:mod:`loraexp.report.cli`); every sweep
-ends with it unless ``--no-report``.
+ends with it unless ``--no-report``. ``loraexp validate ...`` runs the pre-flight checklist of one
+model and LoRA config (:mod:`loraexp.validate`).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loraexp", description="LoRA fine-tuning experiments (single runs, sweeps, ablations) on PEFT.",
         epilog="Precedence: schema defaults < --config YAML < flags < --set. Every config key is listed in "
                "docs/configuration.md. Exit codes: 0 all runs completed, 1 some run failed, 2 bad input. "
-               "Reports: loraexp report SWEEP_DIR [--confirm] (see loraexp report --help).")
+               "Reports: loraexp report SWEEP_DIR [--confirm] (see loraexp report --help). Checklist of a model and "
+               "LoRA config before training: loraexp validate --model M [--set ...] (see loraexp validate --help).")
     p.add_argument("--config", metavar="YAML", help="YAML config file (see configs/).")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="Override any config key; values are YAML, e.g. --set lora.r=32 "
@@ -122,12 +124,17 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python experiments/lora_finetune.py`` and the ``loraexp`` script;
-    ``loraexp report ...`` goes to :func:`loraexp.report.cli.main`."""
+    ``loraexp report ...`` goes to :func:`loraexp.report.cli.main`, ``loraexp validate ...`` to
+    :func:`loraexp.validate.main`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         from loraexp.report.cli import main as report_main
 
         return report_main(argv[1:])
+    if argv[:1] == ["validate"]:
+        from loraexp.validate import main as validate_main
+
+        return validate_main(argv[1:])
     args = build_parser().parse_args(argv)
     from loraexp import console
     from loraexp.config import load_config, parse_set_overrides

@@ -20,6 +20,8 @@ from typing import IO, Any
 QUIET_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # transformers 5 deprecates a property PEFT still reads on every forward pass
     (FutureWarning, r".*is_gradient_checkpointing.*"),
+    # ... and the method PEFT's prepare_model_for_kbit_training calls on a quantized base
+    (FutureWarning, r".*gradient_checkpointing_enable.*"),
     # the Trainer asks for pinned memory; torch warns on a machine without an accelerator
     (UserWarning, r".*'pin_memory' argument is set as true but no accelerator is found.*"),
 )
