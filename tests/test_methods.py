@@ -20,7 +20,7 @@ FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "tra
         "tracking.stats_every_steps": 3, "verification.latency_repeats": 1, "training.learning_rate": 1e-2,
         "method_options.full_learning_rate": 1e-3}
 LORA_METHODS = ("lora", "rslora", "dora", "pissa", "olora", "lora-plus", "eva")
-NOT_APPLICABLE_TO_FULL = {"frozen_base", "grad_flow", "merge", "reload"}
+NOT_APPLICABLE_TO_FULL = {"frozen_base", "grad_flow", "merge", "reload", "convergence"}  # convergence: off by default
 
 
 class CaptureLogits(TrainerCallback):
@@ -112,7 +112,7 @@ def test_each_lora_method_trains_passes_its_checks_and_reloads_on_the_original_b
     _, run, metrics = _run(tiny_bert_dir, tiny_sst2_dir, tmp_path, method)
     assert run.status == "completed", metrics.get("error")
     v = metrics["verification"]
-    assert v["passed"] is True and set(v["not_applicable"]) == {"full_training"}
+    assert v["passed"] is True and set(v["not_applicable"]) == {"full_training", "convergence"}  # convergence: off
     for check in ("frozen_base", "grad_flow", "merge", "reload"):
         assert v[check]["passed"] is True, (check, v[check])
     assert v["reload"]["max_abs_diff"] <= 1e-4 and v["reload"]["base_max_abs_diff"] > 1e-4

@@ -81,6 +81,16 @@ def test_four_bit_base_weight_bytes_are_a_fraction_of_full_precision(tiny_causal
     assert 0.9 * expected_saving <= full_bytes - nf4_bytes <= expected_saving
 
 
+def test_a_four_bit_base_counts_the_weights_it_stands_for(tiny_causal_lm_dir):
+    from loraexp.analysis.params import parameter_report
+
+    full, _ = load_model(tiny_causal_lm_dir, CAUSAL_LM)
+    nf4, _ = load_model(tiny_causal_lm_dir, CAUSAL_LM, quantization_config=bnb_config(QUANTIZATIONS["nf4"]))
+    packed = sum(p.numel() for p in nf4.parameters())
+    assert packed < sum(p.numel() for p in full.parameters())  # the storage holds two weights per byte
+    assert parameter_report(nf4)["total_params"] == parameter_report(full)["total_params"]
+
+
 def test_qlora_merge_into_full_precision_reload(tiny_causal_lm_dir, tmp_path):
     model, _ = _quantized_lora(tiny_causal_lm_dir, QUANTIZATIONS["nf4-dq"])
     with torch.no_grad():

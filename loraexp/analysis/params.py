@@ -23,8 +23,18 @@ def is_base_parameter(name: str) -> bool:
     return not (is_lora_parameter(name) or is_saved_module_parameter(name))
 
 
+def represented_elements(param: torch.Tensor) -> int:
+    """The number of weights ``param`` stands for: its ``numel()``, except for a bitsandbytes
+    4-bit weight (``Params4bit``), whose storage packs two values per byte and whose
+    ``quant_state.shape`` keeps the original ``(out_features, in_features)``."""
+    state = getattr(param, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else param.numel()
+
+
 def parameter_report(model: torch.nn.Module) -> dict[str, float | dict[str, int]]:
-    """Counts of parameters (elements, not bytes).
+    """Counts of parameters (elements, not bytes; a 4-bit base weight counts the weights it
+    stands for, :func:`represented_elements`, so a QLoRA run reports the model's real size).
 
     Returns:
         ``total`` (every parameter once, including the frozen originals that
@@ -37,7 +47,7 @@ def parameter_report(model: torch.nn.Module) -> dict[str, float | dict[str, int]
     total = trainable = lora = head = 0
     by_type: Counter[str] = Counter()
     for name, p in model.named_parameters():
-        n = p.numel()
+        n = represented_elements(p)
         total += n
         if p.requires_grad:
             trainable += n
