@@ -114,6 +114,19 @@ def require_file(data_dir: str | Path, relative: str, what: str) -> Path:
     return path
 
 
+def read_local_splits(task: Task, data_dir: str | Path | None) -> None:
+    """The usual :meth:`Task.check_data`: read both local splits once with
+    :meth:`Task.load_split`, so a missing, malformed or empty file fails before any training.
+    No-op for the Hub.
+
+    Raises:
+        DataError: from ``load_split``, naming the file and what is wrong with it.
+    """
+    if data_dir is not None:
+        for split in SPLITS:
+            task.load_split(split, data_dir)
+
+
 def check_files_exist(task: Task, data_dir: str | Path | None) -> None:
     """Cheap part of :meth:`Task.check_data`: every local file of ``task`` exists (no file is
     read). No-op for the Hub.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from loraexp.tasks.base import SPLITS
+from loraexp.tasks.base import read_local_splits
 
 IGNORE_INDEX = -100  # label of tokens without loss (torch.nn.CrossEntropyLoss ignore_index)
 
@@ -63,9 +63,7 @@ class CausalLMTask:
         Raises:
             DataError: naming the file and what is wrong with it.
         """
-        if data_dir is not None:
-            for split in SPLITS:
-                self.load_split(split, data_dir)
+        read_local_splits(self, data_dir)
 
     def load_split(self, split: str, data_dir):
         """``datasets.Dataset`` of raw rows of ``split`` (``train`` | ``validation``)."""

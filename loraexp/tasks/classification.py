@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loraexp.errors import DataError
-from loraexp.tasks.base import SPLITS, require_file
+from loraexp.tasks.base import read_local_splits, require_file
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,7 @@ class ClassificationTask:
         Raises:
             DataError: naming the file and what is wrong with it.
         """
-        if data_dir is not None:
-            for split in SPLITS:
-                self.load_split(split, data_dir)
+        read_local_splits(self, data_dir)
 
     def load_split(self, split: str, data_dir: str | Path | None):
         """Load ``split`` (``train`` | ``validation``) as a ``datasets.Dataset`` with the

@@ -34,7 +34,7 @@ from typing import Any
 
 from loraexp.errors import DataError
 from loraexp.schema import QAConfig
-from loraexp.tasks.base import SPLITS, require_file
+from loraexp.tasks.base import SPLITS, read_local_splits, require_file
 
 LOCAL_FILE = "squad_v2/cs224n-dev-v2.0.json"
 NO_CONTEXT = (-1, -1)  # offset of a token outside the context (question, special tokens)
@@ -66,9 +66,7 @@ class SquadV2Task:
         Raises:
             DataError: naming the file and what is wrong with it.
         """
-        if data_dir is not None:
-            for split in SPLITS:
-                self.load_split(split, data_dir)
+        read_local_splits(self, data_dir)
 
     def load_split(self, split: str, data_dir: str | Path | None):
         """``datasets.Dataset`` of questions with ``id``, ``title``, ``context``, ``question``
@@ -94,8 +92,9 @@ class SquadV2Task:
 
     # -- model inputs ----------------------------------------------------------------------
     def tokenize(self, dataset, tokenizer, max_length: int):
-        """Windows of at most ``max_length`` tokens: ``input_ids``, ``attention_mask``, the labels ``start_positions`` / ``end_positions`` (token indices;
-        CLS when the window has no answer), and for post-processing ``example_index`` (the
+        """Windows of at most ``max_length`` tokens: ``input_ids``, ``attention_mask``, the
+        labels ``start_positions`` / ``end_positions`` (token indices; CLS when the window has no
+        answer), and for post-processing ``example_index`` (the
         question's row in ``dataset``) and ``offset_mapping`` (character span of each token in
         the context; (-1, -1) outside it), which the Trainer drops before the model sees them.
 
