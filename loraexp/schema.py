@@ -324,7 +324,7 @@ class ExperimentConfig:
     def identity(self) -> dict[str, Any]:
         """The part of the config that defines the run's result: everything except where files
         go and how they are logged (``output_dir``, ``data_dir``, ``tracking``, ``sweep``); the
-        ``qa`` section only for ``squad_v2``.
+        ``qa`` section only for ``squad_v2``; ``verification.min_loss_decrease`` only when set.
 
         Only what the method uses counts: full fine-tuning drops ``lora`` (so the baseline of a
         rank ablation is the same run as that of a method ablation); ``method`` and
@@ -335,6 +335,8 @@ class ExperimentConfig:
             d.pop(key)
         if self.task != "squad_v2":
             d.pop("qa")
+        if self.verification.min_loss_decrease is None:  # off: the run ids of loraexp before the check
+            d["verification"].pop("min_loss_decrease")
         options = d.pop("method_options")
         if self.method == "lora":
             d.pop("method")

@@ -134,6 +134,18 @@ def test_data_dir_comes_from_the_environment(monkeypatch):
     assert ExperimentConfig(data_dir="/explicit").resolved_data_dir() == "/explicit"
 
 
+@pytest.mark.parametrize("cli,run_id", [
+    ({}, "37a87b53fe"),                                      # the default: MiniLM on SST-2
+    ({"task": "mrpc", "model": "smollm2-135m"}, "33c7b6bb8b"),
+])
+def test_run_ids_stay_those_of_earlier_versions(cli, run_id):
+    """A new config field that is unset must not change existing run ids (a rerun of a sweep
+    would not find its finished runs): ids computed with loraexp at fc2595f."""
+    from loraexp.config import load_config
+
+    assert load_config(cli=cli).run_id == run_id
+
+
 def test_run_id_ignores_output_and_logging_only():
     base = build_config()
     assert build_config(overrides={"output_dir": "elsewhere", "tracking.wandb": "offline"}).run_id == base.run_id

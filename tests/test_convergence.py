@@ -22,7 +22,6 @@ def _history(*losses, every=10):
     ((2.0, 1.5, 1.0), 30.0, 50.0, True),
     ((2.0, 1.9, 1.6), 30.0, 20.0, False),
     ((2.0, 2.5), 0.0, -25.0, False),       # the loss rose
-    ((1.0, float("nan"), 0.5), 50.0, 50.0, True),  # a non-finite window is skipped
 ])
 def test_loss_decrease_compares_the_first_and_last_logged_windows(losses, threshold, pct, passed):
     check = loss_decrease(_history(*losses), window_steps=10, min_loss_decrease=threshold)
@@ -31,6 +30,13 @@ def test_loss_decrease_compares_the_first_and_last_logged_windows(losses, thresh
     assert (check.reason is not None) == (passed is False)
     if passed is False:
         assert "below verification.min_loss_decrease" in check.reason
+
+
+@pytest.mark.parametrize("threshold,passed", [(30.0, False), (None, None)])
+def test_a_loss_that_diverged_never_passes(threshold, passed):
+    check = loss_decrease(_history(2.0, 1.0, float("nan")), window_steps=10, min_loss_decrease=threshold)
+    assert check.passed is passed and check.loss_decrease_pct is None
+    assert check.reason == "the logged training loss is not finite at step 30"
 
 
 @pytest.mark.parametrize("losses,fragment", [((), "logged 0 time(s)"), ((1.0,), "logged 1 time(s)"),

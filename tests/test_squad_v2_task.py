@@ -54,6 +54,8 @@ CONTEXT = [False, False, False, True, True, True, True, False]
     ({"text": [], "answer_start": []}, (0, 0)),                 # unanswerable: CLS
     ({"text": ["flows on"], "answer_start": [16]}, (0, 0)),     # runs past the window: CLS
     ({"text": ["x"], "answer_start": [40]}, (0, 0)),            # in another window: CLS
+    ({"text": [""], "answer_start": [20]}, (0, 0)),             # an empty answer: CLS, not a crash
+    ({"text": [" "], "answer_start": [9]}, (0, 0)),             # white space between tokens: CLS
 ])
 def test_answer_token_span_labels_the_window_or_cls(answers, span):
     assert answer_token_span(OFFSETS, CONTEXT, answers, cls_index=0) == span
@@ -176,6 +178,12 @@ def test_local_train_articles_is_configurable(tmp_path, articles, train_question
     ("{not json", 0, "is not JSON"),
     ('{"data": [{"paragraphs": [{"qas": []}]}]}', 0, "is not in the SQuAD schema"),
     ('{"data": []}', 0, "has no articles"),
+    ('{"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "1", "question": "q", "answers": '
+     '[{"answer_start": 0}]}]}]}]}', 0, "KeyError 'text'"),
+    ('{"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "1", "question": "q", "answers": '
+     '[{"text": "c", "answer_start": "abc"}]}]}]}]}', 0, "ValueError"),
+    ('{"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "1", "question": "q", "answers": []}, '
+     '{"id": "1", "question": "r", "answers": []}]}]}]}', 0, "repeats question ids"),
 ])
 def test_bad_local_files_are_one_data_error(tmp_path, text, articles, fragment):
     root = write_squad(tmp_path, articles=3)

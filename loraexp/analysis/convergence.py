@@ -30,11 +30,17 @@ def loss_decrease(history: Iterable[dict[str, Any]], window_steps: int,
 
     Returns:
         A :class:`~loraexp.record.ConvergenceCheck`; unobserved (``passed`` None, a reason)
-        with fewer than two logged finite losses or a first loss that is not positive.
+        with fewer than two logged losses or a first loss that is not positive; failed (with a
+        threshold) when any logged loss is NaN or infinite.
     """
-    rows = [(int(r["step"]), float(r[LOSS_KEY])) for r in history
-            if isinstance(r.get(LOSS_KEY), (int, float)) and math.isfinite(r[LOSS_KEY])]
+    logged = [(int(r["step"]), float(r[LOSS_KEY])) for r in history if isinstance(r.get(LOSS_KEY), (int, float))]
+    rows = [(step, loss) for step, loss in logged if math.isfinite(loss)]
     check = ConvergenceCheck(window_steps=window_steps, min_loss_decrease=min_loss_decrease)
+    diverged = [step for step, loss in logged if not math.isfinite(loss)]
+    if diverged:  # a loss that fell and then diverged has not converged
+        check.reason = f"the logged training loss is not finite at step {diverged[0]}"
+        check.passed = False if min_loss_decrease is not None else None
+        return check
     if len(rows) < 2:
         check.reason = (f"the training loss was logged {len(rows)} time(s); the decrease needs two logging windows "
                         f"(lower training.logging_steps, now {window_steps}, or train longer)")

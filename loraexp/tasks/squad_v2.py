@@ -226,24 +226,26 @@ def read_squad_json(path: Path) -> list[dict[str, Any]]:
     """The ``data`` list (articles) of a SQuAD JSON file.
 
     Raises:
-        DataError: not UTF-8, not JSON, or not the SQuAD schema (``data[].paragraphs[].qas[]``).
+        DataError: not UTF-8, not JSON, not the SQuAD schema (``data[].paragraphs[].qas[]``, each
+            answer with ``text`` and an integer ``answer_start``), or a question id repeated.
     """
     try:
         articles = json.loads(path.read_text(encoding="utf-8"))["data"]
-        for article in articles:
-            for paragraph in article["paragraphs"]:
-                for qa in paragraph["qas"]:
-                    qa["id"], qa["question"], qa["answers"]  # noqa: B018 (presence check)
-                paragraph["context"]  # noqa: B018
+        [paragraph["context"] for article in articles for paragraph in article["paragraphs"]]  # noqa: B018
+        ids = [row["id"] for article in articles for row in question_rows(article)]  # every field read once
     except UnicodeDecodeError as exc:
         raise DataError(f"squad_v2 file {str(path)!r} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"squad_v2 file {str(path)!r} is not JSON: {exc}") from None
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"squad_v2 file {str(path)!r} is not in the SQuAD schema (data[].paragraphs[].context, "
-                        f"qas[].id/question/answers): missing {exc}") from None
+                        f"qas[].id/question/answers[].text/answer_start): {type(exc).__name__} {exc}") from None
     if not articles:
         raise DataError(f"squad_v2 file {str(path)!r} has no articles")
+    repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if repeated:
+        raise DataError(f"squad_v2 file {str(path)!r} repeats question ids (each question is scored by its id): "
+                        f"{repeated[:3]}")
     return articles
 
 
@@ -273,15 +275,17 @@ def answer_token_span(offsets: list[tuple[int, int]], in_context: list[bool], an
         in_context: whether each token belongs to the context.
         answers: ``{"text": [...], "answer_start": [...]}`` (character offsets in the context).
     """
-    if not answers["answer_start"]:
+    if not answers["answer_start"] or not answers["text"][0].strip():  # no answer, or an empty one
         return cls_index, cls_index
     start_char = answers["answer_start"][0]
     end_char = start_char + len(answers["text"][0])
     context = [i for i, inside in enumerate(in_context) if inside]
     if not context or offsets[context[0]][0] > start_char or offsets[context[-1]][1] < end_char:
         return cls_index, cls_index
-    start = next(i for i in context if offsets[i][1] > start_char)
-    end = next(i for i in reversed(context) if offsets[i][0] < end_char)
+    start = next((i for i in context if offsets[i][1] > start_char), None)
+    end = next((i for i in reversed(context) if offsets[i][0] < end_char), None)
+    if start is None or end is None or end < start:  # an answer between tokens (white space only)
+        return cls_index, cls_index
     return start, end
 
 
