@@ -10,7 +10,7 @@ Exit codes: 0 every run completed; 1 some run failed (recorded in its metrics.js
 2 bad input (config, task, model, target modules, data files), found before any training.
 ``loraexp report SWEEP_DIR`` writes a sweep's report (:mod:`loraexp.report.cli`); every sweep
 ends with it unless ``--no-report``. ``loraexp validate ...`` runs the pre-flight checklist of one
-model and LoRA config (:mod:`loraexp.validate`).
+model and LoRA config (:mod:`loraexp.validate_cli`).
 """
 
 from __future__ import annotations
@@ -125,14 +125,14 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python experiments/lora_finetune.py`` and the ``loraexp`` script;
     ``loraexp report ...`` goes to :func:`loraexp.report.cli.main`, ``loraexp validate ...`` to
-    :func:`loraexp.validate.main`."""
+    :func:`loraexp.validate_cli.main`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         from loraexp.report.cli import main as report_main
 
         return report_main(argv[1:])
     if argv[:1] == ["validate"]:
-        from loraexp.validate import main as validate_main
+        from loraexp.validate_cli import main as validate_main
 
         return validate_main(argv[1:])
     args = build_parser().parse_args(argv)
