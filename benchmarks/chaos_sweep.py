@@ -1,12 +1,17 @@
-"""Chaos test: a 6-run sweep on MiniLM + real SST-2, SIGKILLed at random points, resumed.
+"""Chaos test: a 6-run sweep on MiniLM + real SST-2, killed (SIGKILL) or preempted (SIGTERM)
+at random points, resumed.
 
-    LORAEXP_DATA_DIR=../shared/data python benchmarks/chaos_sweep.py [--kills 3] [--seed 0]
+    LORAEXP_DATA_DIR=../shared/data python benchmarks/chaos_sweep.py [--kills 3] [--seed 0] [--signal TERM]
 
 1. Runs the sweep uninterrupted into ``<out>/reference`` and times it (T).
 2. Runs the same sweep into ``<out>/chaos``; ``--kills`` times, after a random delay from
    (re)start (start-up time plus a uniform fraction of this start's share of the work left,
    estimated from T and the runs not yet completed), SIGKILLs the whole process group, then
-   restarts the same command with ``--resume``; the last start runs to the end.
+   restarts the same command with ``--resume``; the last start runs to the end. With
+   ``--signal TERM`` the process is sent SIGTERM instead and left to exit by itself: it must
+   exit with 143, and the interrupted run's checkpoint must hold every optimizer step logged
+   before the signal (``training.logging_steps`` is 1, so each step is logged); the seconds from
+   SIGTERM to exit are printed.
 3. Prints where each kill landed (which run, last complete checkpoint), and whether the
    final summaries match: every column except wall-clock ones (train_seconds, tokens_per_s,
    peak_mem_bytes) and every adapter tensor bit for bit. Exit code 0 on a match.
@@ -43,7 +48,8 @@ def command(out: Path, args) -> list[str]:
     return [sys.executable, str(ROOT / "experiments" / "lora_finetune.py"), "--task", "sst2", "--model", "minilm",
             "--output-dir", str(out), "--mode", "ablation", "--ablation-type", "grid", "--no-progress",
             "--set", "sweep.grid={lora.r: [4, 8, 16], training.learning_rate: [0.001, 0.002]}",
-            "--set", f"sweep.name={SWEEP}", "--max-steps", str(args.max_steps), "--save-steps", str(args.save_steps),
+            "--set", f"sweep.name={SWEEP}", "--set", "training.logging_steps=1",
+            "--max-steps", str(args.max_steps), "--save-steps", str(args.save_steps),
             "--max-train-samples", str(args.train_samples), "--max-eval-samples", str(args.eval_samples)]
 
 
@@ -68,6 +74,41 @@ def where(sweep_dir: Path) -> str:
     return "between runs"
 
 
+def steps_logged(run: Path) -> int:
+    """The last optimizer step in ``run``'s history.jsonl (training loss rows)."""
+    steps = [row.get("step", 0) for row in RunStore(run).read_history() if "train/loss" in row]
+    return max(steps, default=0)
+
+
+def running_run(sweep_dir: Path) -> Path | None:
+    """The run whose metrics.json says running (the one being trained), if any."""
+    return next((run for run in sorted(p for p in sweep_dir.glob("*") if p.is_dir())
+                 if (RunStore(run).read_metrics() or {}).get("status") == "running"), None)
+
+
+def preempt(proc: subprocess.Popen, sweep_dir: Path) -> tuple[str, list[str], float]:
+    """SIGTERM the sweep and let it exit; ``(what happened, problems, seconds to exit)``."""
+    run = running_run(sweep_dir)
+    reached = steps_logged(run) if run else None
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    code = proc.wait()
+    seconds = time.monotonic() - sent
+    problems = [] if code == 128 + signal.SIGTERM else [f"exit code {code} after SIGTERM, not 143"]
+    if run is None:
+        return f"between runs; exit {code} in {seconds:.1f} s", problems, seconds
+    record = RunStore(run).read_metrics() or {}
+    stop = record.get("interruption") or {}
+    step = stop.get("step")
+    if record.get("status") != "interrupted":
+        problems.append(f"{run.name}: status {record.get('status')!r} after SIGTERM, not 'interrupted'")
+    elif stop.get("during") == "train_or_restore" and (step is None or step < reached):
+        problems.append(f"{run.name}: checkpoint at step {step}, but step {reached} was logged before SIGTERM")
+    lost = f"steps lost: {max(0, reached - step)}" if step is not None else "no checkpoint yet"
+    return (f"during {run.name} ({stop.get('during')}) at logged step {reached}; exit {code} in {seconds:.1f} s; "
+            f"checkpoint at step {step} ({lost})"), problems, seconds
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/chaos", help="Output root (reference/ and chaos/ go under it).")
@@ -77,6 +118,8 @@ def main() -> int:
     p.add_argument("--save-steps", type=int, default=10)
     p.add_argument("--train-samples", type=int, default=2000)
     p.add_argument("--eval-samples", type=int, default=400)
+    p.add_argument("--signal", choices=("KILL", "TERM"), default="KILL",
+                   help="KILL: SIGKILL (nothing can be saved); TERM: a preemption notice (SIGTERM).")
     args = p.parse_args()
     if not os.environ.get("LORAEXP_DATA_DIR"):
         print("set LORAEXP_DATA_DIR to the shared/data directory", file=sys.stderr)
@@ -99,6 +142,8 @@ def main() -> int:
     chaos_dir = out / "chaos" / SWEEP
     log = (out / "chaos.log").open("w")
     starts = 0
+    problems: list[str] = []
+    exit_seconds: list[float] = []
     for kill in range(args.kills + 1):
         argv = command(out / "chaos", args) + (["--resume"] if starts else [])
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -115,13 +160,19 @@ def main() -> int:
             print(f"start {starts}: finished before the kill at {delay:.0f} s (exit code {code})")
             break
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            print(f"start {starts}: SIGKILL after {delay:.0f} s, {where(chaos_dir)}")
+            if args.signal == "KILL":
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                print(f"start {starts}: SIGKILL after {delay:.0f} s, {where(chaos_dir)}")
+            else:
+                what, found, seconds = preempt(proc, chaos_dir)
+                problems += found
+                exit_seconds.append(seconds)
+                print(f"start {starts}: SIGTERM after {delay:.0f} s, {what}")
 
     want, got = summary(out / "reference" / SWEEP), summary(chaos_dir)
-    problems = [f"{name}: {key} {want[name][key]!r} != {got.get(name, {}).get(key)!r}"
-                for name in want for key in want[name] if got.get(name, {}).get(key) != want[name][key]]
+    problems += [f"{name}: {key} {want[name][key]!r} != {got.get(name, {}).get(key)!r}"
+                 for name in want for key in want[name] if got.get(name, {}).get(key) != want[name][key]]
     for name in want:
         a = load_file(out / "reference" / SWEEP / name / "adapter" / "adapter_model.safetensors")
         b_path = chaos_dir / name / "adapter" / "adapter_model.safetensors"
@@ -131,10 +182,13 @@ def main() -> int:
     resumed = [json.loads((chaos_dir / n / "metrics.json").read_text()).get("resumed_from") for n in want]
     print(f"runs resumed from a checkpoint: {sum(r is not None for r in resumed)} "
           f"({', '.join(Path(r).parent.parent.name + '@' + Path(r).name for r in resumed if r) or 'none'})")
+    if exit_seconds:
+        print(f"SIGTERM to exit: {', '.join(f'{s:.1f}' for s in exit_seconds)} s (max {max(exit_seconds):.1f} s)")
     if problems:
         print("MISMATCH:\n  " + "\n  ".join(problems))
         return 1
-    print(f"MATCH: the summary after {starts - 1} kills equals the uninterrupted sweep's for all {len(want)} runs "
+    stops = "kills" if args.signal == "KILL" else "SIGTERMs"
+    print(f"MATCH: the summary after {starts - 1} {stops} equals the uninterrupted sweep's for all {len(want)} runs "
           "(every column but wall-clock ones; adapters bit-identical)")
     return 0
 

@@ -100,3 +100,33 @@ def save_converted_adapter(peft_model, adapter_dir: str | Path, initial_dir: str
                if k not in saved and "lora_" not in k}
     if missing:
         save_file({**saved, **missing}, str(path), metadata={"format": "pt"})
+
+
+def warm_start(peft_model, path: str | Path, field: str = "warm_start") -> int:
+    """Copy the adapter tensors (``lora_A``/``lora_B`` of shapes ``(r, in_features)`` /
+    ``(out_features, r)``, a trained head of ``modules_to_save``) of ``path``'s
+    ``adapter_model.safetensors`` into ``peft_model`` (``peft.set_peft_model_state_dict``), e.g.
+    the last good checkpoint of a run stopped by a NaN loss. Returns the number of tensors
+    copied.
+
+    Raises:
+        ConfigError: see :func:`check_adapter_dir`; or the file's tensors do not fit the model
+            (another rank, other target modules, another model), or the file lacks a LoRA
+            tensor the model has.
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    check_adapter_dir(path, field)
+    where = f"`{field}` directory {str(path)!r}"
+    weights = load_file(Path(path) / ADAPTER_WEIGHTS)
+    expected = get_peft_model_state_dict(peft_model)
+    missing = sorted(k for k in expected if "lora_" in k and k not in weights)
+    unexpected = sorted(k for k in weights if k not in expected)
+    wrong = sorted(k for k in weights if k in expected and weights[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what} {keys[:2]}" for what, keys in (
+            ("missing", missing), ("not in the model", unexpected), ("of another shape", wrong)) if keys)
+        raise ConfigError(f"{where} does not fit this run's adapter (another r, target_modules or model?): {detail}")
+    set_peft_model_state_dict(peft_model, weights)
+    return len(weights)

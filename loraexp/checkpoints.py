@@ -98,3 +98,12 @@ def read_verification(path: str | Path) -> dict:
         return json.loads((Path(path) / VERIFICATION_FILE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def checkpoint_state(path: str | Path) -> dict:
+    """``trainer_state.json`` of checkpoint ``path`` (``global_step``, ``max_steps``, ...).
+
+    Raises:
+        OSError | ValueError: the file is missing or not JSON (use :func:`is_complete` first).
+    """
+    return json.loads((Path(path) / "trainer_state.json").read_text())

@@ -22,7 +22,8 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
-from loraexp.errors import LoraexpError
+from loraexp.errors import DiskFullError, LoraexpError
+from loraexp.preemption import Preempted
 from loraexp.schema import ExperimentConfig
 
 # Pass-through TrainingArguments fields with a flag: flag -> (dotted key, type, help)
@@ -153,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             from loraexp.runner import run_sweep
 
             result = run_sweep(cfg, rerun=args.rerun, progress=not args.no_progress, resume=args.resume)
+    except Preempted as exc:  # the run in progress saved a checkpoint and the summary is written
+        print(f"loraexp: {exc}; the summary is written and a run stopped while training is recorded interrupted "
+              "with its checkpoint: rerun the same command to continue (bit-identical on CPU)", file=sys.stderr)
+        return exc.exit_code
+    except DiskFullError as exc:
+        print(f"loraexp: error: {exc}", file=sys.stderr)
+        return 1
     except LoraexpError as exc:
         print(f"loraexp: error: {exc}", file=sys.stderr)
         return 2

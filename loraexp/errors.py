@@ -53,3 +53,18 @@ class NonFiniteError(LoraexpError, FloatingPointError):
         self.step = step
         self.reason = reason
         super().__init__(f"non-finite training at optimizer step {step}: {reason}")
+
+
+class DiskFullError(LoraexpError, OSError):
+    """The disk holding the results is full (ENOSPC). The run that hit it is recorded
+    ``failed`` (its partial checkpoint removed) and the sweep stops: every later run would hit
+    it too. ``path`` is the directory written to, ``free_bytes`` what was free when it stopped.
+    The CLI exits 1: free space and rerun the same command (with ``--resume``)."""
+
+    def __init__(self, path: str, free_bytes: int | None, run_name: str | None = None):
+        self.path, self.free_bytes, self.run_name = path, free_bytes, run_name
+        free = f"{free_bytes:,} bytes free" if free_bytes is not None else "free space unknown"
+        during = f" while run {run_name} was writing" if run_name else ""
+        super().__init__(f"the disk holding {path!r} is full ({free}){during}; the sweep stopped. Free space (or set "
+                         "another --output-dir), then rerun the same command with --resume: finished runs are "
+                         "skipped and the interrupted one continues from its last complete checkpoint")

@@ -7,6 +7,7 @@ The objective is a ``peft.TaskType`` value (``SEQ_CLS`` | ``CAUSAL_LM`` | ``QUES
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,12 @@ MODEL_ALIASES: dict[str, Callable[[], str]] = {
     "minilm": _minilm_path,
     "smollm2-135m": _smollm2_135m_path,
 }
+
+# The weight files transformers' from_pretrained looks for in a local folder, in its order of
+# preference (transformers.utils SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
+# WEIGHTS_INDEX_NAME); a GGUF file is read only when named (gguf_file=).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 SEQ_CLS = "SEQ_CLS"  # peft.TaskType values
 CAUSAL_LM = "CAUSAL_LM"
@@ -84,6 +91,42 @@ def resolve_model(name: str) -> str:
         raise ModelError(f"`model` path {name!r} is not a directory; give an alias "
                          f"({', '.join(MODEL_ALIASES)}), a Hub id or a model directory")
     return name
+
+
+def check_model_dir(name: str) -> None:
+    """A local model directory with a ``config.json`` also holds weights that
+    ``from_pretrained`` reads (:data:`WEIGHT_FILES`; a sharded checkpoint's index and every shard
+    it names). Cheap: lists files, reads no weights. Aliases, Hub ids and directories without a
+    ``config.json`` (:func:`load_model_config` reports those) are left alone.
+
+    Raises:
+        ModelError: naming the directory, the files expected and those it holds; a GGUF file
+            alone is named with how to convert it (transformers reads GGUF only when told the
+            file, which loraexp does for the ``smollm2-135m`` alias).
+    """
+    path = Path(name).expanduser()
+    if name in MODEL_ALIASES or not path.is_dir() or not (path / "config.json").is_file():
+        return
+    found = [f for f in WEIGHT_FILES if (path / f).is_file()]
+    if not found:
+        held = sorted(p.name for p in path.iterdir())
+        ggufs = [f for f in held if f.endswith(".gguf")]
+        hint = (f"; its GGUF file {ggufs[0]!r} is read only through an alias that converts it once (smollm2-135m): "
+                "convert it with loraexp.gguf_models.gguf_to_hf(<file>) and give the folder that returns"
+                if ggufs else "")
+        raise ModelError(f"`model` directory {name!r} has a config.json but no weights: expected one of "
+                         f"{', '.join(WEIGHT_FILES)}; it holds {', '.join(held[:12])}{', …' if len(held) > 12 else ''}"
+                         f"{hint}")
+    if found[0].endswith(".index.json"):  # sharded only: the shards must be there too
+        try:
+            shards = set(json.loads((path / found[0]).read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(f"`model` directory {name!r}: {found[0]} is not a weight index ({type(exc).__name__}: "
+                             f"{exc})") from None
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise ModelError(f"`model` directory {name!r}: {found[0]} names weight shards that are missing: "
+                             f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
 
 
 def load_model_config(name: str, trust_remote_code: bool = False):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Sequence
@@ -19,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from loraexp.errors import NonFiniteError, VerificationError
+from loraexp.methods import is_lora as is_lora_method
 from loraexp.record import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_FAILED_VERIFICATION,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
     ConvergenceCheck,
     FrozenBaseCheck,
     GradFlowCheck,
+    Interruption,
     MergeCheck,
     ReloadCheck,
     Resolved,
@@ -34,15 +39,18 @@ from loraexp.record import (
     check_from_dict,
 )
 from loraexp.schema import ExperimentConfig
-from loraexp.storage import RunStore
+from loraexp.storage import RunStore, free_bytes, is_disk_full, remove_temp_files
 
 logger = logging.getLogger(__name__)
 
+# Checkpoints kept per run unless training.save_total_limit says otherwise: the newest, and the
+# one before it (a NaN stop's last good checkpoint may be the older one; docs/reliability.md).
+DEFAULT_SAVE_TOTAL_LIMIT = 2
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes", "wandb", "loraexp")
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, resume: bool = False,
-                   extra_callbacks: Sequence[Any] = ()) -> RunResult:
+                   extra_callbacks: Sequence[Any] = (), start_over: bool = False) -> RunResult:
     """Train, evaluate and verify one LoRA run; write its results under ``run_dir``.
 
     Args:
@@ -51,6 +59,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
             steps``); without one the run starts over. A checkpoint cut short by a kill is
             skipped (:func:`~loraexp.checkpoints.last_complete_checkpoint`).
         extra_callbacks: ``transformers.TrainerCallback`` objects added after loraexp's own.
+        start_over: never continue an earlier attempt (``--rerun``), even an ``interrupted`` one.
 
     Under ``accelerate launch`` every process trains (DDP); only rank 0 writes files, logs to
     W&B and runs the merge check.
@@ -59,32 +68,41 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         The run's result and record. Never raises for a failing run: an exception is recorded
         with status ``failed`` (or ``failed_verification`` for a broken invariant); a NaN/inf loss or
         gradient stops training at that step, and the record holds ``failed_step`` and
-        ``last_checkpoint`` (the last good one, kept on disk).
+        ``last_checkpoint`` (the last good one, kept on disk). A SIGTERM/SIGINT under an active
+        :class:`~loraexp.preemption.PreemptionGuard` records ``interrupted`` (signal, step,
+        checkpoint; :meth:`LoraRecipe.interrupt`). A full disk is recorded ``failed`` with
+        ``error`` starting "disk full" after the partial checkpoint is removed
+        (:meth:`LoraRecipe.fail`); the caller stops the sweep.
     """
+    from loraexp.preemption import Preempted, deferred
+
     recipe = LoraRecipe(cfg, run_dir, run_name, extra_callbacks)
+    recipe.start_over = start_over
     started = time.time()
+    stopped: BaseException | None = None
+    trace = None
     try:
         recipe.start(resume)
-        recipe.load_data()
-        recipe.load_model()
-        recipe.attach_adapter()
-        recipe.build_trainer()
-        recipe.evaluate_base_model()
-        recipe.capture_probe_base()
-        recipe.train_or_restore()
-        recipe.evaluate()
-        recipe.save_adapter()
-        recipe.measure_drift()
-        recipe.verify_merge()
-        recipe.conclude()
-    except NonFiniteError as exc:
-        recipe.fail(STATUS_FAILED, str(exc), failed_step=exc.step)
-    except VerificationError as exc:
-        recipe.fail(STATUS_FAILED_VERIFICATION, str(exc))
-    except Exception as exc:  # a failing run is recorded and the sweep goes on
-        recipe.fail(STATUS_FAILED, f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
-    recipe.record.wall_seconds = time.time() - started
-    recipe.close()
+        for stage in (recipe.load_data, recipe.load_model, recipe.attach_adapter, recipe.build_trainer,
+                      recipe.evaluate_base_model, recipe.capture_probe_base, recipe.train_or_restore,
+                      recipe.evaluate, recipe.save_adapter, recipe.measure_drift, recipe.verify_merge,
+                      recipe.conclude):
+            recipe.stage = stage.__name__
+            stage()
+    except (Preempted, Exception) as exc:  # recorded below; a failing run does not stop the sweep
+        stopped, trace = exc, traceback.format_exc()
+    with deferred(recipe.guard):  # a signal now waits until the record is on disk
+        if isinstance(stopped, Preempted):  # SIGTERM/SIGINT: the checkpoint is saved; a rerun continues
+            recipe.interrupt(stopped)
+        elif isinstance(stopped, NonFiniteError):
+            recipe.fail(STATUS_FAILED, str(stopped), failed_step=stopped.step)
+        elif isinstance(stopped, VerificationError):
+            recipe.fail(STATUS_FAILED_VERIFICATION, str(stopped))
+        elif stopped is not None:
+            recipe.fail(STATUS_FAILED, f"{type(stopped).__name__}: {stopped}", trace=trace,
+                        disk_full=is_disk_full(stopped) or recipe.store.low_on_space())
+        recipe.record.wall_seconds = time.time() - started
+        recipe.close()
     return RunResult(run_name, recipe.store.run_dir, recipe.record.status, recipe.record)
 
 
@@ -133,6 +151,7 @@ class LoraRecipe:
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, run_name: str,
                  extra_callbacks: Sequence[Any] = ()):
+        from loraexp import preemption
         from loraexp.distributed import is_main_process, world_size
         from loraexp.tracking import NoOpTracker
 
@@ -150,23 +169,44 @@ class LoraRecipe:
         self.reference_logits = None  # the evaluated model's outputs on the check batches
         self._check_batches: list[dict[str, Any]] | None = None
         self.drift = None  # loraexp.representation_drift.DriftProbe, on rank 0 when measured
+        self.guard = preemption.active()  # SIGTERM/SIGINT handling of the sweep, if any
+        self.stage = "start"  # the stage running now (recorded when a signal stops the run)
+        self.trainer = None
+        self.start_over = False  # --rerun: never continue an earlier attempt
 
     # -- stages --------------------------------------------------------------------------
     def start(self, resume: bool) -> None:
-        """Find the checkpoint to resume from, write ``config.yaml`` and a ``running`` record,
-        start ``history.jsonl`` and the tracker."""
+        """Find the checkpoint to resume from (an ``interrupted`` run always resumes, unless
+        :attr:`start_over`; a run whose data files changed since never does), or remove an
+        earlier attempt's checkpoints; write ``config.yaml`` and a ``running`` record (with the
+        data fingerprint), hold the disk reserve, start ``history.jsonl`` and the tracker."""
         from loraexp.checkpoints import checkpoint_step, last_complete_checkpoint, read_verification
+        from loraexp.data_fingerprint import data_fingerprint
         from loraexp.tracking import make_tracker
 
+        self.data_fingerprint = data_fingerprint(self.cfg.task, self.cfg.resolved_data_dir())
+        self.record.resolved = Resolved(data_fingerprint=self.data_fingerprint)
         self.previous = self.store.read_record()
+        if self.previous is not None and self.previous.status == STATUS_INTERRUPTED and not self.start_over:
+            resume = True  # stopped gracefully by a signal: continue from its checkpoint
+        elif self.previous is not None and self.previous.status == STATUS_RUNNING:
+            logger.warning("run %s: an earlier attempt ended without a record (killed, or the disk was full)%s",
+                           self.record.run_name, "; resuming from its last complete checkpoint" if resume else
+                           "; starting over (--resume continues from its last complete checkpoint)")
+        if resume and self.previous_data_changed():
+            resume = False
         if resume:
             self.checkpoint = last_complete_checkpoint(self.checkpoints_dir, remove_incomplete=self.main)
             self.prior = read_verification(self.checkpoint) if self.checkpoint else {}
+        elif self.checkpoints_dir.is_dir() and self.main:  # a fresh start: no older attempt's files mix in
+            logger.info("run %s: starting over, removing the checkpoints of an earlier attempt", self.record.run_name)
+            shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
         self.record.resumed_from = self.checkpoint
         logger.debug("training run %s in process %d%s", self.record.run_name, os.getpid(),
                      f", resuming from {self.checkpoint}" if self.checkpoint else "")
         self.store.write_config(self.record.config)
         self.store.write_record(self.record)
+        self.store.reserve_space()  # given back to record the run if the disk fills up
         self.store.start_history(keep_until_step=checkpoint_step(self.checkpoint) if self.checkpoint else None)
         cfg = self.cfg
         self.tracker = make_tracker(cfg.tracking.wandb, project=cfg.tracking.project, entity=cfg.tracking.entity,
@@ -216,6 +256,10 @@ class LoraRecipe:
             lora = lora_fields(cfg.method, cfg.lora, cfg.method_options)
             self.tuned_model, lora_config = attach_lora(self.model, lora, seed=cfg.seed, task_type=task.task_type)
             self.initialise_adapter(lora_config)
+            if cfg.warm_start:
+                from loraexp.adapters import warm_start
+
+                warm_start(self.tuned_model, cfg.warm_start)
         else:
             self.tuned_model = self.model.requires_grad_(True)
         self.training = self.training_settings()
@@ -224,6 +268,7 @@ class LoraRecipe:
             target_modules=lora_config.target_modules if lora_config else None,
             modules_to_save=sorted(set(lora_config.modules_to_save or [])) if lora_config else [],
             data_dir=self.data_dir or f"hub:{task.hub_dataset}/{task.hub_config}",
+            data_fingerprint=self.data_fingerprint, tracking=getattr(self.tracker, "mode", None),
             train_examples=len(self.train_data), eval_examples=len(self.eval_data),
             optim=("peft create_loraplus_optimizer (torch AdamW)" if cfg.method == "lora-plus"
                    else self.training.get("optim", "adamw_torch")),
@@ -276,6 +321,7 @@ class LoraRecipe:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         from loraexp import callbacks as cb
+        from loraexp.distributed import world_size
         from loraexp.methods import is_lora, loraplus_optimizer
 
         cfg, record = self.cfg, self.record
@@ -294,6 +340,12 @@ class LoraRecipe:
             self.callbacks.update({"full_training": full,
                                    "checkpoint_record": cb.CheckpointRecordCallback({"full_training": full.state_now})})
         self.callbacks.update({"efficiency": cb.EfficiencyCallback(), "history": cb.HistoryCallback(self.log)})
+        self.callbacks["final_checkpoint"] = cb.FinalCheckpointCallback()
+        if cfg.sweep.checkpoint_minutes and world_size() == 1:  # ranks' clocks would disagree on the step
+            self.callbacks["timed_checkpoint"] = cb.TimedCheckpointCallback(60.0 * cfg.sweep.checkpoint_minutes)
+        if self.guard is not None:
+            self.callbacks["stop_on_signal"] = cb.StopOnSignalCallback(self.guard)
+            self.training = {**self.training, "enable_jit_checkpoint": False}  # loraexp's handler does its job
         optimizer = (loraplus_optimizer(self.tuned_model, self.training, cfg.method_options)
                      if cfg.method == "lora-plus" else None)
         args = TrainingArguments(output_dir=str(self.checkpoints_dir), seed=cfg.seed, report_to="none",
@@ -336,13 +388,23 @@ class LoraRecipe:
         """``Trainer.train`` (from the checkpoint, if resuming), or -- when the checkpoint was
         saved at the last optimizer step -- load its adapter instead: resuming there would
         take one step past ``max_steps`` (transformers 5.23)."""
-        from loraexp.checkpoints import is_final
+        import contextlib
+
+        from loraexp.checkpoints import checkpoint_state, is_final
         from loraexp.quantization import weight_bytes
 
         if self.checkpoint and is_final(self.checkpoint):
             self.restore_final_checkpoint()
+            state = checkpoint_state(self.checkpoint)
+            self.record.completion.planned_steps, self.record.completion.trained_steps = (
+                state["max_steps"], state["global_step"])
         else:
-            self.trainer.train(resume_from_checkpoint=self.checkpoint)
+            with self.guard.training() if self.guard is not None else contextlib.nullcontext():
+                self.trainer.train(resume_from_checkpoint=self.checkpoint)
+            if self.guard is not None:
+                self.guard.raise_if_signalled()  # training stopped for it, after saving a checkpoint
+            self.record.completion.planned_steps = self.trainer.state.max_steps
+            self.record.completion.trained_steps = self.trainer.state.global_step
         self.record.training_efficiency = {**self.callbacks["efficiency"].result, **weight_bytes(self.tuned_model)}
 
     def evaluate(self) -> None:
@@ -438,24 +500,98 @@ class LoraRecipe:
             loss_decrease(self.store.read_history(), self.training.get("logging_steps", 500), v.min_loss_decrease)
             if self.main else ConvergenceCheck(passed=True, checked_on="rank 0"))
         self.collect_verification()
-        verification = self.record.verification
-        if verification.passed:
+        self.prove_completion()
+        verification, completion = self.record.verification, self.record.completion
+        if completion.problems:
+            self.record.status = STATUS_FAILED
+            self.record.error = "not complete: " + "; ".join(completion.problems)
+        elif verification.passed:
             self.record.status = STATUS_COMPLETED
         else:
             self.record.status = STATUS_FAILED_VERIFICATION
             self.record.error = "; ".join(verification.failure_reasons()) or "a verification check failed"
 
-    def fail(self, status: str, error: str, failed_step: int | None = None, trace: str | None = None) -> None:
-        """Record a run that stopped on an exception."""
+    def prove_completion(self) -> None:
+        """Fill :class:`~loraexp.record.Completion`: every planned optimizer step trained (a
+        Trainer that returned early -- a callback's ``should_training_stop``, transformers' own
+        SIGTERM handling -- is not a finished run), the evaluation ran, and, for a LoRA run, the
+        adapter file on disk is the one evaluated: its SHA-256 is recorded, and the reload check
+        (or, for a quantized base, the merge check, which loads ``adapter/`` into a
+        full-precision base) reproduced the evaluated model's outputs from it."""
+        from loraexp.data_fingerprint import file_sha256
+        from loraexp.methods import is_lora
+        from loraexp.run_state import ADAPTER_FILE
+
+        completion, verification = self.record.completion, self.record.verification
+        problems = completion.problems
+        if completion.planned_steps is None or completion.trained_steps != completion.planned_steps:
+            problems.append(f"trained {completion.trained_steps} of {completion.planned_steps} planned optimizer "
+                            "steps (the Trainer stopped early)")
+        completion.evaluated = bool(self.record.eval)
+        if not completion.evaluated:
+            problems.append("the evaluation produced no metrics")
+        if not is_lora(self.cfg.method) or not self.main:
+            return
+        adapter = self.store.adapter_dir / ADAPTER_FILE
+        if not adapter.is_file():
+            problems.append(f"no adapter file {adapter}")
+            return
+        completion.adapter_sha256 = file_sha256(adapter)
+        if "reload" not in verification.not_applicable:
+            completion.adapter_verified_by = "reload check" if verification.reload.passed else None
+        elif self.cfg.quantization.method != "none":
+            completion.adapter_verified_by = "quantized merge check" if verification.merge.passed else None
+        else:  # LoftQ: the adapter needs its own quantized residual base; the file's hash is the proof kept
+            completion.adapter_verified_by = f"none: {verification.not_applicable['reload']}"
+
+    def fail(self, status: str, error: str, failed_step: int | None = None, trace: str | None = None,
+             disk_full: bool = False) -> None:
+        """Record a run that stopped on an exception. After a NaN/inf stop (``failed_step``),
+        the record names the last good checkpoint and the command that continues from it with a
+        lower learning rate (``--warm-start``). A full disk removes the partial checkpoint and
+        temp files first (the space the record needs), and the error starts with "disk full"."""
         from loraexp.checkpoints import last_complete_checkpoint
 
         self.collect_verification()
+        if disk_full:
+            last_complete_checkpoint(self.checkpoints_dir, remove_incomplete=self.main)
+            remove_temp_files(self.store.run_dir)
+            self.store.release_space()
+            error = f"disk full ({free_bytes(self.store.run_dir)} bytes free): {error}"
         self.record.status, self.record.error, self.record.traceback = status, error, trace
         if failed_step is not None:
             self.record.failed_step = failed_step
             self.record.last_checkpoint = last_complete_checkpoint(self.checkpoints_dir, remove_incomplete=False)
+            if self.record.last_checkpoint and is_lora_method(self.cfg.method):
+                lr = self.cfg.training["learning_rate"]
+                sweep = self.cfg.sweep.name or self.store.run_dir.parent.name
+                self.record.error += (f"; to continue from the last good checkpoint with a lower learning rate: "
+                                      f"loraexp --config {self.store.config_path} "
+                                      f"--warm-start {self.record.last_checkpoint} "
+                                      f"--set training.learning_rate={lr / 2:g} --set sweep.name={sweep}-nan-recovery")
         if trace:
             logger.error("run %s failed: %s", self.record.run_name, error)
+
+    def interrupt(self, exc) -> None:
+        """Record a run stopped by a signal (``exc``: :class:`~loraexp.preemption.Preempted`):
+        status ``interrupted``, the signal, the stage it arrived in, the optimizer step reached
+        and the checkpoint a rerun continues from (saved after the step in progress when the
+        signal came during training)."""
+        from loraexp.checkpoints import checkpoint_step, last_complete_checkpoint
+
+        self.collect_verification()
+        checkpoint = last_complete_checkpoint(self.checkpoints_dir, remove_incomplete=False)
+        trained = self.trainer.state.global_step if self.trainer is not None else 0
+        step = trained if self.stage == "train_or_restore" and trained else (
+            checkpoint_step(checkpoint) if checkpoint else None)
+        self.record.status = STATUS_INTERRUPTED
+        self.record.interruption = Interruption(signal=exc.signal_name, signal_number=exc.signum, step=step,
+                                                checkpoint=checkpoint, during=self.stage)
+        self.record.error = (f"stopped by {exc.signal_name} during {self.stage}"
+                             + (f" at optimizer step {step}" if step is not None else "")
+                             + (f"; checkpoint {checkpoint}" if checkpoint else "; no checkpoint yet"))
+        self.record.last_checkpoint = checkpoint
+        logger.warning("run %s: %s", self.record.run_name, self.record.error)
 
     def close(self) -> None:
         """Write ``metrics.json`` and finish the tracker. Never raises: a full disk or a dead
@@ -464,9 +600,11 @@ class LoraRecipe:
         try:
             self.store.write_record(self.record)
         except OSError as exc:
-            logger.error("run %s: could not write %s: %s", self.record.run_name, self.store.metrics_path, exc)
-            self.record.status = STATUS_FAILED
-            self.record.error = f"{self.record.error or ''}; metrics.json not written: {exc}".lstrip("; ")
+            if not self.write_record_on_full_disk(exc):
+                logger.error("run %s: could not write %s: %s", self.record.run_name, self.store.metrics_path, exc)
+                self.record.status = STATUS_FAILED
+                self.record.error = f"{self.record.error or ''}; metrics.json not written: {exc}".lstrip("; ")
+        self.store.release_space()
         try:
             self.tracker.summary(self.record.wandb_summary())
             self.tracker.finish(exit_code=0 if self.record.status == STATUS_COMPLETED else 1)
@@ -474,6 +612,31 @@ class LoraRecipe:
             logger.error("run %s: the tracker failed: %s", self.record.run_name, exc)
 
     # -- helpers -------------------------------------------------------------------------
+    def previous_data_changed(self) -> bool:
+        """Whether the earlier attempt's record names another data fingerprint than today's
+        files: its checkpoints were trained on other data, so the run starts over (logged)."""
+        recorded = self.previous.resolved.data_fingerprint if self.previous and self.previous.resolved else None
+        now = self.data_fingerprint
+        if recorded and recorded != now:
+            logger.warning("run %s: the data files changed since its earlier attempt (%s, now %s): starting over "
+                           "instead of resuming its checkpoint", self.record.run_name, recorded, now)
+            return True
+        return False
+
+    def write_record_on_full_disk(self, exc: OSError) -> bool:
+        """After ``metrics.json`` could not be written for a full disk: record the run as
+        failed for it (which removes the partial checkpoint and temp files) and write again.
+        True when the record is on disk; else the next start finds it ``running`` and says so."""
+        if not is_disk_full(exc):
+            return False
+        if self.record.status != STATUS_FAILED or not (self.record.error or "").startswith("disk full"):
+            self.fail(STATUS_FAILED, f"{type(exc).__name__}: {exc}", disk_full=True)
+        try:
+            self.store.write_record(self.record)
+        except OSError:
+            return False
+        return True
+
     @property
     def checkpoints_dir(self) -> Path:
         return self.store.run_dir / "checkpoints"
@@ -535,7 +698,8 @@ class LoraRecipe:
     def training_settings(self) -> dict[str, Any]:
         """``cfg.training`` plus what loraexp adds unless the config sets it (full fine-tuning
         replaces the learning rate by :func:`~loraexp.methods.full_learning_rate`): the Trainer's
-        progress bar (``disable_tqdm: false``); the task's own defaults
+        progress bar (``disable_tqdm: false``); ``save_total_limit``
+        :data:`DEFAULT_SAVE_TOTAL_LIMIT`; the task's own defaults
         (:meth:`~loraexp.tasks.base.Task.training_defaults`); paged 8-bit AdamW for a quantized
         base on CUDA; ``use_cpu`` for DDP on CPU (else transformers runs each process alone)."""
         import torch
@@ -553,6 +717,7 @@ class LoraRecipe:
             training.setdefault("optim", optimizer)
         if needs_cpu_ddp():
             training.setdefault("use_cpu", True)
+        training.setdefault("save_total_limit", DEFAULT_SAVE_TOTAL_LIMIT)
         return training
 
     def evaluate_as(self, label: str, keep_examples: bool = False) -> dict[str, Any]:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 # 1: untyped (flat verification keys); 2: typed, LoRA checks only; 3: run types, reload check;
-# 4: representation_drift
-SCHEMA_VERSION = 5
+# 4: representation_drift; 5: convergence; 6: completion, interruption, data fingerprint
+SCHEMA_VERSION = 6
 
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
 STATUS_FAILED_VERIFICATION = "failed_verification"
 STATUS_RUNNING = "running"
+STATUS_INTERRUPTED = "interrupted"  # stopped by SIGTERM/SIGINT after a checkpoint; --resume continues it
 STATUS_SKIPPED = "skipped"  # completed earlier; not run again
 STATUS_BUSY = "busy"  # being trained by another process right now; not run here
 
@@ -188,9 +189,44 @@ class Verification:
 
 
 @dataclass
+class Completion:
+    """The proof that a run finished (docs/reliability.md, "Completion is proven"): it trained
+    ``trained_steps`` of its ``planned_steps`` optimizer steps (the Trainer's ``global_step`` and
+    ``max_steps``), its evaluation ran (``evaluated``), and its adapter on disk is the one that
+    was evaluated: ``adapter_sha256`` of ``adapter/adapter_model.safetensors`` (what a rerun checks
+    before it skips the run) and ``adapter_verified_by``, the check that loaded that file and
+    reproduced the evaluated model's outputs. ``problems`` lists what is missing; a run is
+    ``completed`` only when it is empty."""
+
+    planned_steps: int | None = None
+    trained_steps: int | None = None
+    evaluated: bool = False
+    adapter_sha256: str | None = None
+    adapter_verified_by: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Interruption:
+    """A run stopped by a signal (SIGTERM from a preemption notice, SIGINT from Ctrl-C):
+    ``signal`` its name, ``step`` the optimizer step the run reached (the step of
+    ``checkpoint``, saved after the step in progress finished; None when the signal came before
+    training), ``checkpoint`` the checkpoint ``--resume`` continues from, ``during`` the stage
+    the signal arrived in."""
+
+    signal: str
+    signal_number: int
+    step: int | None = None
+    checkpoint: str | None = None
+    during: str | None = None
+
+
+@dataclass
 class Resolved:
     """What the config resolved to when the run started: model path, objective (a
-    ``peft.TaskType`` value), PEFT's target modules, data source and sizes (examples)."""
+    ``peft.TaskType`` value), PEFT's target modules, data source, fingerprint
+    (:mod:`loraexp.data_fingerprint`) and sizes (examples), the W&B mode actually used
+    (``tracking``: e.g. ``offline (fallback: CommError: ...)`` when online failed)."""
 
     model_path: str = ""
     model_type: str = ""
@@ -198,6 +234,8 @@ class Resolved:
     target_modules: Any = None
     modules_to_save: list[str] = field(default_factory=list)
     data_dir: str = ""
+    data_fingerprint: str | None = None
+    tracking: str | None = None
     train_examples: int = 0
     eval_examples: int = 0
     optim: str = ""
@@ -245,6 +283,8 @@ class RunRecord:
     traceback: str | None = None
     failed_step: int | None = None
     last_checkpoint: str | None = None
+    completion: Completion = field(default_factory=Completion)
+    interruption: Interruption | None = None
     wall_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -268,6 +308,10 @@ class RunRecord:
         kwargs.setdefault("config", {})
         kwargs.setdefault("versions", {})
         kwargs["resolved"] = _build(Resolved, data.get("resolved")) if data.get("resolved") else None
+        kwargs["completion"] = _build(Completion, data.get("completion"))
+        interruption = data.get("interruption")
+        kwargs["interruption"] = (_build(Interruption, interruption)
+                                  if isinstance(interruption, dict) and "signal" in interruption else None)
         ver = data.get("verification") or {}
         if not isinstance(ver.get("merge"), dict):  # schema 1: one flat mapping of every check's figures
             ver = {"frozen_base": _legacy(ver, "frozen_base"), "grad_flow": _legacy(ver, "grad_flow"),
@@ -310,8 +354,8 @@ class RunRecord:
 
 @dataclass
 class RunResult:
-    """Outcome of one run: ``status`` is completed | failed | failed_verification | skipped
-    (completed earlier) | busy (being trained by another process); ``record`` what its
+    """Outcome of one run: ``status`` is completed | failed | failed_verification | interrupted
+    (stopped by a signal) | skipped (completed earlier) | busy (being trained by another process); ``record`` what its
     ``metrics.json`` holds (None when there is none)."""
 
     run_name: str

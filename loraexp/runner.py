@@ -17,10 +17,18 @@ from typing import Any
 from loraexp.comparison import Settings
 from loraexp.config import apply_overrides
 from loraexp.distributed import broadcast_from_main, is_main_process
+from loraexp.errors import ConfigError, DiskFullError
 from loraexp.objective import objective
-from loraexp.record import STATUS_BUSY, STATUS_COMPLETED, STATUS_SKIPPED, RunRecord, RunResult
+from loraexp.record import (
+    STATUS_BUSY,
+    STATUS_COMPLETED,
+    STATUS_INTERRUPTED,
+    STATUS_SKIPPED,
+    RunRecord,
+    RunResult,
+)
 from loraexp.schema import ExperimentConfig
-from loraexp.storage import RunStore
+from loraexp.storage import RunStore, free_bytes, is_disk_full
 from loraexp.summary import write_sweep_summary
 from loraexp.sweep import expand, run_name, sweep_name
 
@@ -66,20 +74,43 @@ def run_unless_done(name: str, cfg: ExperimentConfig, sweep_dir: Path, rerun: bo
     ``skipped``; ``rerun`` runs it again) or another process holds its lock (status ``busy``).
 
     The run is trained while holding ``<run>/.lock``, so processes sharing ``sweep_dir``
-    (several workers, a rerun started by mistake) never train one run twice at once. Under
-    ``accelerate launch`` rank 0 decides and every rank follows. ``label`` (default: the
-    name) starts the console line logged when the run starts.
+    (several workers, a rerun started by mistake) never train one run twice at once. Inside
+    the lock, :func:`loraexp.run_state.decide` checks what is on disk: the directory's config
+    identity, the data fingerprint and the completed run's files. Under ``accelerate launch``
+    rank 0 decides and every rank follows. ``label`` (default: the name) starts the console
+    line logged when the run starts.
+
+    Raises:
+        ConfigError: the run directory holds another config, or a result trained on data
+            files that changed since (:func:`loraexp.run_state.decide`).
     """
+    from loraexp.data_fingerprint import data_fingerprint
     from loraexp.recipe import run_experiment
+    from loraexp.run_state import decide
 
     main = is_main_process()
     store = RunStore(sweep_dir / name, writable=main)
     with store.lock() if main else contextlib.nullcontext(True) as locked:
-        decision = "busy" if not locked else ("skip" if store.is_completed() and not rerun else "run")
+        if not locked:
+            decision = "busy"
+        elif main:
+            try:
+                verdict = decide(store, cfg, data_fingerprint(cfg.task, cfg.resolved_data_dir()), rerun=rerun)
+            except ConfigError as exc:  # every rank must hear of it, or the others wait forever
+                decision = f"refused:{exc}"
+            else:
+                decision = verdict.action
+                if verdict.reason:
+                    logger.warning("%s: %s; training it again", label or name, verdict.reason)
+        else:
+            decision = "run"
         decision = broadcast_from_main(decision)
+        if decision.startswith("refused:"):
+            raise ConfigError(decision.removeprefix("refused:"))
         if decision == "run":
             logger.info("%s: started", label or name)
-            return run_experiment(cfg, store.run_dir, name, resume=resume, extra_callbacks=extra_callbacks)
+            return run_experiment(cfg, store.run_dir, name, resume=resume and not rerun,
+                                  extra_callbacks=extra_callbacks, start_over=rerun)
     status = STATUS_BUSY if decision == "busy" else STATUS_SKIPPED
     return RunResult(name, store.run_dir, status, store.read_record())
 
@@ -89,39 +120,112 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True,
     """Expand ``cfg`` into runs, pre-flight them all, run each one not yet completed (or all
     with ``rerun``; see :func:`run_unless_done`), and write ``summary.csv``/``summary.md`` in
     the sweep directory (rank 0 only). With ``resume``, an unfinished run continues from its
-    last checkpoint. ``extra_callbacks`` go to every run's Trainer.
+    last checkpoint (an ``interrupted`` one always does). ``extra_callbacks`` go to every run's
+    Trainer.
+
+    SIGTERM and SIGINT are handled (:mod:`loraexp.preemption`): the run in progress saves a
+    checkpoint after its current optimizer step and is recorded ``interrupted``, the summary is
+    written and :class:`~loraexp.preemption.Preempted` is raised. A full disk stops the sweep
+    after the run that hit it is recorded.
 
     Raises:
         ConfigError | DataError | ModelError: from :func:`~loraexp.preflight.preflight`,
-            before anything is written.
+            before anything is written; or a run directory found to hold another config (a
+            concurrent sweep of the same name) inside its lock.
+        Preempted: a signal stopped the sweep (summary written).
+        DiskFullError: the disk holding the sweep is full (summary written if it fit).
     """
-    from tqdm.auto import tqdm
-
+    from loraexp import preemption
     from loraexp.preflight import preflight
 
     runs = expand(cfg)
     sweep_dir = Path(cfg.output_dir) / sweep_name(cfg)
-    preflight(runs, sweep_dir)
-    metric, direction = objective(cfg)
-    results = []
-    bar = tqdm(runs, desc=f"sweep {sweep_name(cfg)}", unit="run", position=0, dynamic_ncols=True,
-               disable=not progress or not is_main_process())
-    for index, (name, run_cfg) in enumerate(bar, start=1):
-        where = f"[{index}/{len(runs)}] {name}"
-        result = run_unless_done(name, run_cfg, sweep_dir, rerun=rerun, resume=resume,
-                                 extra_callbacks=extra_callbacks, label=where)
-        if result.status == STATUS_SKIPPED:
-            logger.info("%s: skipped, already completed", where)
-        elif result.status == STATUS_BUSY:
-            logger.warning("%s: skipped, another process is training it", where)
-        else:
-            logger.info("%s: %s", where, outcome_line(result.record, result.status, metric))
-        results.append(result)
-    bar.close()
-    if not is_main_process():
-        return SweepResult(sweep_dir, results, [], metric, direction)
-    summary = write_sweep_summary(sweep_dir, [name for name, _ in runs], Settings.from_config(cfg, metric))
+    with preemption.guard():
+        preflight(runs, sweep_dir, rerun=rerun)
+        metric, direction = objective(cfg)
+        results: list[RunResult] = []
+        try:
+            _run_each(runs, sweep_dir, results, metric, rerun=rerun, resume=resume, progress=progress,
+                      extra_callbacks=extra_callbacks)
+        except (preemption.Preempted, DiskFullError):
+            _write_summary(cfg, sweep_dir, runs, metric, best_effort=True)
+            raise
+        except OSError as exc:  # between runs: a run's lock file or directory
+            if not is_disk_full(exc):
+                raise
+            _write_summary(cfg, sweep_dir, runs, metric, best_effort=True)
+            raise DiskFullError(str(sweep_dir), free_bytes(sweep_dir)) from exc
+        if not is_main_process():
+            return SweepResult(sweep_dir, results, [], metric, direction)
+        _check_identities(runs, sweep_dir)
+        try:
+            summary = _write_summary(cfg, sweep_dir, runs, metric)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise DiskFullError(str(sweep_dir), free_bytes(sweep_dir)) from exc
     return SweepResult(sweep_dir, results, summary.rows, metric, direction, summary.comparison)
+
+
+def _run_each(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path, results: list[RunResult], metric: str,
+              rerun: bool, resume: bool, progress: bool, extra_callbacks: Sequence[Any]) -> None:
+    """Run the sweep's runs in order, appending each result to ``results``; stop at a run
+    interrupted by a signal (raising :class:`~loraexp.preemption.Preempted`) or failed for a
+    full disk (raising :class:`~loraexp.errors.DiskFullError`)."""
+    from tqdm.auto import tqdm
+
+    from loraexp.preemption import Preempted
+
+    bar = tqdm(runs, desc=f"sweep {sweep_dir.name}", unit="run", position=0, dynamic_ncols=True,
+               disable=not progress or not is_main_process())
+    try:
+        for index, (name, run_cfg) in enumerate(bar, start=1):
+            where = f"[{index}/{len(runs)}] {name}"
+            result = run_unless_done(name, run_cfg, sweep_dir, rerun=rerun, resume=resume,
+                                     extra_callbacks=extra_callbacks, label=where)
+            results.append(result)
+            if result.status == STATUS_SKIPPED:
+                logger.info("%s: skipped, already completed", where)
+            elif result.status == STATUS_BUSY:
+                logger.warning("%s: skipped, another process is training it", where)
+            else:
+                logger.info("%s: %s", where, outcome_line(result.record, result.status, metric))
+            if result.status == STATUS_INTERRUPTED:
+                raise Preempted(result.record.interruption.signal_number)
+            if result.record is not None and (result.record.error or "").startswith("disk full"):
+                raise DiskFullError(str(sweep_dir), free_bytes(sweep_dir), name)
+    finally:
+        bar.close()
+
+
+def _check_identities(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None:
+    """After the runs: every run directory still holds this sweep's config. One another
+    process trained meanwhile (``busy``: a concurrent sweep of the same name with other
+    settings) is not this sweep's result.
+
+    Raises:
+        ConfigError: naming the run directories that hold another config.
+    """
+    from loraexp.run_state import identity_conflict
+
+    conflicts = [c for name, run_cfg in runs if (c := identity_conflict(RunStore(sweep_dir / name), run_cfg))]
+    if conflicts:
+        raise ConfigError(conflicts)
+
+
+def _write_summary(cfg: ExperimentConfig, sweep_dir: Path, runs: list[tuple[str, ExperimentConfig]], metric: str,
+                   best_effort: bool = False):
+    """``summary.csv``/``summary.md`` of the sweep (rank 0). With ``best_effort`` (the sweep is
+    stopping for a signal or a full disk), a failure is logged, not raised."""
+    if not is_main_process():
+        return None
+    try:
+        return write_sweep_summary(sweep_dir, [name for name, _ in runs], Settings.from_config(cfg, metric))
+    except Exception as exc:
+        if not best_effort:
+            raise
+        logger.error("the summary of %s was not written: %s: %s", sweep_dir, type(exc).__name__, exc)
+        return None
 
 
 def _trial_config(base: ExperimentConfig, overrides: dict[str, Any]) -> tuple[str, ExperimentConfig, Path]:
@@ -146,15 +250,20 @@ def run_trial(base: ExperimentConfig, overrides: dict[str, Any], resume: bool = 
 
     Raises:
         ConfigError | DataError | ModelError: bad overrides or a run that cannot start.
+        Preempted: a SIGTERM/SIGINT stopped the run (recorded ``interrupted``, summary written).
     """
+    from loraexp import preemption
     from loraexp.preflight import preflight
 
     name, cfg, sweep_dir = _trial_config(base, overrides)
     preflight([(name, cfg)], sweep_dir)
-    result = run_unless_done(name, cfg, sweep_dir, resume=resume)
+    with preemption.guard():
+        result = run_unless_done(name, cfg, sweep_dir, resume=resume)
     if is_main_process():
         names = [n for n, _ in expand(base)]
         present = sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
         write_sweep_summary(sweep_dir, names + [n for n in present if n not in names],
                             Settings.from_config(base, objective(base)[0]))
+    if result.status == STATUS_INTERRUPTED:  # the worker stops too: the VM is going away
+        raise preemption.Preempted(result.record.interruption.signal_number)
     return result

@@ -24,6 +24,10 @@ DATA_DIR_ENV = "LORAEXP_DATA_DIR"
 
 # Fields of TrainingArguments that loraexp sets itself from the run's identity and layout.
 RESERVED_TRAINING_KEYS = ("output_dir", "seed", "report_to", "run_name")
+# Fields of TrainingArguments that only say when checkpoints are saved and kept: not part of a
+# run's identity (adding --save-steps to a sweep with finished runs must not make them other runs).
+CHECKPOINT_TRAINING_KEYS = ("save_strategy", "save_steps", "save_total_limit", "enable_jit_checkpoint",
+                            "save_only_model", "save_on_each_node")
 # Fields that would put a secret into config.yaml / metrics.json / W&B config.
 SECRET_TRAINING_KEYS = ("hub_token",)
 
@@ -256,6 +260,11 @@ class SweepConfig:
                                            default_factory=lambda: [1e-5, 1e-2])
     tpe_ranks: list[int] = _help("TPE: candidate values of r (lora_alpha = 2r, as in the rank ablation).",
                                  default_factory=lambda: [4, 8, 16, 32])
+    checkpoint_minutes: float | None = _help(
+        "Save a Trainer checkpoint every this many minutes of training (as well as every save_steps steps), so a "
+        "run killed without notice (SIGKILL, a lost VM) loses at most that much; None: off. A SIGTERM or SIGINT "
+        "always saves one (docs/reliability.md). Not part of a run's identity.",
+        flag="--checkpoint-minutes", default=10.0)
     stale_trial_s: float = _help(
         "Optuna: a RUNNING trial older than this (seconds) whose run is not being trained (its run lock is free) "
         "and never finished is taken over and resumed from its checkpoint (its worker was killed).",
@@ -300,6 +309,11 @@ class ExperimentConfig:
                                          flag="--max-eval-samples", default=None)
     max_seq_length: int = _help("Tokenizer truncation length, in tokens (block length of packed language "
                                 "modelling).", default=128)
+    warm_start: str | None = _help(
+        "Start the adapter (lora_A, lora_B and a trained head) from the adapter_model.safetensors of this "
+        "checkpoint or adapter directory instead of PEFT's initialisation; the optimizer and the schedule start "
+        "fresh. The recovery after a NaN stop: the last good checkpoint with a lower learning rate "
+        "(docs/reliability.md). LoRA runs only.", flag="--warm-start", default=None)
     export_merged: bool = _help("Save the merged model (save_pretrained) to <run>/merged when the merge check "
                                 "passes.", flag="--export-merged", default=False)
     trust_remote_code: bool = _help("Allow models with custom code from the Hub (off unless asked).",
@@ -324,7 +338,10 @@ class ExperimentConfig:
     def identity(self) -> dict[str, Any]:
         """The part of the config that defines the run's result: everything except where files
         go and how they are logged (``output_dir``, ``data_dir``, ``tracking``, ``sweep``); the
-        ``qa`` section only for ``squad_v2``; ``verification.min_loss_decrease`` only when set.
+        ``qa`` section only for ``squad_v2``; ``verification.min_loss_decrease`` and
+        ``warm_start`` only when set. When checkpoints are saved does not change the result:
+        the :data:`CHECKPOINT_TRAINING_KEYS` count with their default values whatever they are
+        (the data files' fingerprint is compared separately, :mod:`loraexp.run_state`).
 
         Only what the method uses counts: full fine-tuning drops ``lora`` (so the baseline of a
         rank ablation is the same run as that of a method ablation); ``method`` and
@@ -337,6 +354,14 @@ class ExperimentConfig:
             d.pop("qa")
         if self.verification.min_loss_decrease is None:  # off: the run ids of loraexp before the check
             d["verification"].pop("min_loss_decrease")
+        if self.warm_start is None:
+            d.pop("warm_start")
+        for key in CHECKPOINT_TRAINING_KEYS:
+            if key in d["training"]:
+                if key in DEFAULT_TRAINING:
+                    d["training"][key] = DEFAULT_TRAINING[key]
+                else:
+                    d["training"].pop(key)
         options = d.pop("method_options")
         if self.method == "lora":
             d.pop("method")

@@ -13,8 +13,10 @@ OS when a process is killed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,11 @@ from filelock import FileLock, Timeout
 from loraexp.record import STATUS_COMPLETED, RunRecord
 
 RUN_LOCK = ".lock"
+SPACE_RESERVE = ".space_reserve"
+# Held by a running run and given up when the disk fills, so its failure can still be recorded:
+# room for metrics.json written atomically (the old and the new file side by side).
+SPACE_RESERVE_BYTES = 4 << 20
+LOW_SPACE_BYTES = 1 << 20
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -43,6 +50,40 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk: an ``OSError`` with
+    ``errno`` ENOSPC or EDQUOT, or a library error that only carries the OS message ("No space
+    left on device"; safetensors and ``torch.save`` re-raise it as their own error)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free for this user on the file system holding ``path`` (its nearest existing
+    parent), or None if it cannot be read."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def remove_temp_files(directory: str | os.PathLike) -> None:
+    """Remove the temp files of :func:`atomic_write_text` left in ``directory`` by a write
+    that failed (a full disk) or was killed."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _json_default(value: Any) -> Any:
@@ -106,6 +147,37 @@ class RunStore:
             yield True
         finally:
             lock.release()
+
+    def reserve_space(self, nbytes: int = SPACE_RESERVE_BYTES) -> None:
+        """Hold ``nbytes`` bytes of disk in ``<run_dir>/.space_reserve`` (zeros, written so the
+        file system allocates them) for :meth:`release_space` to give back when the disk is
+        full. Best effort: on a disk already too full, nothing is held."""
+        if not self.writable:
+            return
+        path = self.run_dir / SPACE_RESERVE
+        try:
+            with open(path, "wb") as fh:
+                try:
+                    os.posix_fallocate(fh.fileno(), 0, nbytes)  # allocated even where zeros compress
+                except (AttributeError, OSError) as exc:
+                    if is_disk_full(exc):
+                        raise
+                    fh.write(bytes(nbytes))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except OSError:
+            path.unlink(missing_ok=True)
+
+    def low_on_space(self) -> bool:
+        """Whether the file system of the run has less than :data:`LOW_SPACE_BYTES` free: what
+        a failure whose message hides ENOSPC (``torch.save`` raises a bare ``RuntimeError``)
+        most likely was."""
+        free = free_bytes(self.run_dir)
+        return free is not None and free < LOW_SPACE_BYTES
+
+    def release_space(self) -> None:
+        """Give back the disk held by :meth:`reserve_space`."""
+        (self.run_dir / SPACE_RESERVE).unlink(missing_ok=True)
 
     def is_completed(self) -> bool:
         """True when ``metrics.json`` says ``completed``."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from loraexp.schema import (
@@ -35,13 +36,74 @@ COMMON_TRAINING_KEYS = frozenset({
     "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor"})
 
 
+# numpy's legacy seeding (np.random.seed, which transformers.set_seed calls, and the RandomState
+# of datasets' shuffle) takes seeds in [0, 2**32) and raises on any other.
+SEED_LIMIT = 2**32
+SEED_RULE = "an int in [0, 2**32) (numpy's seed range, used by transformers.set_seed)"
+# TrainingArguments fields that size a batch: 0 or a fraction makes the DataLoader fail at the first step.
+BATCH_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _positive_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and value > 0)
+    return _number(value) and math.isfinite(value) and value > 0
+
+
+def _seed(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEED_LIMIT
+
+
+def _not_finite(value: Any) -> bool:
+    """NaN or ±inf, as a float (YAML ``.nan``, ``.inf``, ``1e400``) or as the text YAML leaves
+    ``nan`` and ``inf`` as."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return _number(value) and not math.isfinite(value)
+
+
+def _positive_int_rule(value: Any) -> str | None:
+    return None if _positive_int(value) else "a positive int"
+
+
+def _positive_number_rule(value: Any) -> str | None:
+    if _positive_number(value):
+        return None
+    return "a finite number > 0" if _not_finite(value) else "a number > 0"
+
+
+def _seed_rule(value: Any) -> str | None:
+    return None if _seed(value) else SEED_RULE
+
+
+# Dotted key -> rule (None if the value is allowed, else what is allowed): the fields whose
+# values a sweep axis (sweep.grid, sweep.learning_rates, sweep.alphas, sweep.seeds) can set too.
+FIELD_RULES: dict[str, Callable[[Any], str | None]] = {
+    "lora.r": _positive_int_rule,
+    "lora.lora_alpha": _positive_number_rule,
+    "training.learning_rate": _positive_number_rule,
+    **{f"training.{key}": _positive_int_rule for key in BATCH_KEYS},
+    "seed": _seed_rule,
+    "data_seed": _seed_rule,
+    "training.data_seed": _seed_rule,
+    "max_seq_length": _positive_int_rule,
+}
+
+
+def field_problem(key: str, value: Any, where: str | None = None) -> str | None:
+    """The problem of ``value`` for the dotted field ``key`` of :data:`FIELD_RULES` (None if
+    allowed), naming ``where`` (default: the key): "`lora.r` must be a positive int, got 0"."""
+    allowed = FIELD_RULES[key](value)
+    return None if allowed is None else f"`{where or key}` must be {allowed}, got {value!r}"
 
 
 def _lora_fields() -> set[str]:
@@ -68,6 +130,10 @@ def _check_choices(section: Any, prefix: str) -> list[str]:
     return problems
 
 
+def _layer_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _validate_lora(lora: dict[str, Any]) -> list[str]:
     from loraexp.target_modules import PRESET_NAMES
 
@@ -78,10 +144,23 @@ def _validate_lora(lora: dict[str, Any]) -> list[str]:
     for key in sorted(unknown, key=list(lora).index):
         problems.append(f"unknown key `lora.{key}`; allowed: the fields of peft.LoraConfig "
                         f"(e.g. r, lora_alpha, lora_dropout, target_modules, use_rslora, init_lora_weights)")
-    if not _positive_int(lora.get("r")):
-        problems.append(f"`lora.r` must be a positive int, got {lora.get('r')!r}")
-    if not _positive_number(lora.get("lora_alpha")):
-        problems.append(f"`lora.lora_alpha` must be a number > 0, got {lora.get('lora_alpha')!r}")
+    for key in ("r", "lora_alpha"):
+        problem = field_problem(f"lora.{key}", lora.get(key))
+        if problem:
+            problems.append(problem)
+    for name, (ok, allowed) in {"rank_pattern": (_positive_int, "a positive int"),
+                                "alpha_pattern": (_positive_number, "a finite number > 0")}.items():
+        pattern = lora.get(name)
+        if pattern is not None and not isinstance(pattern, dict):
+            problems.append(f"`lora.{name}` must map module-name patterns to values, got {pattern!r}")
+        for key, value in (pattern or {}).items() if isinstance(pattern, dict) else ():
+            if not ok(value):
+                problems.append(f"`lora.{name}` entry {key!r} must be {allowed}, got {value!r}")
+    layers = lora.get("layers_to_transform")
+    if layers is not None and not (_layer_index(layers) or isinstance(layers, list) and layers
+                                   and all(map(_layer_index, layers))):
+        problems.append("`lora.layers_to_transform` must be a layer index (an int >= 0), a non-empty list of them, "
+                        f"or null (every layer), got {layers!r}")
     dropout = lora.get("lora_dropout")
     if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
                                 or not 0 <= dropout < 1):
@@ -114,12 +193,25 @@ def _validate_training(training: dict[str, Any]) -> list[str]:
         elif key in unknown:
             problems.append(f"unknown key `training.{key}`; allowed: the fields of "
                             "transformers.TrainingArguments (e.g. learning_rate, num_train_epochs, max_steps)")
-    lr = training.get("learning_rate")
-    if not _positive_number(lr):
-        problems.append(f"`training.learning_rate` must be a number > 0, got {lr!r}")
+    problem = field_problem("training.learning_rate", training.get("learning_rate"))
+    if problem:
+        problems.append(problem)
+    for key in (*BATCH_KEYS, "data_seed"):
+        if key in training and (key != "data_seed" or training[key] is not None):
+            problem = field_problem(f"training.{key}", training[key])
+            if problem:
+                problems.append(problem)
     steps = training.get("max_steps")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or (steps <= 0 and steps != -1)):
         problems.append(f"`training.max_steps` must be a positive int (or -1 for epochs), got {steps!r}")
+    epochs = training.get("num_train_epochs")
+    by_epochs = steps in (None, -1)  # then the epochs decide how long training runs
+    if "num_train_epochs" in training and not (_number(epochs) and math.isfinite(epochs)
+                                               and (epochs > 0 or epochs == 0 and not by_epochs)):
+        problems.append("`training.num_train_epochs` must be a finite number > 0 when `training.max_steps` is -1 or "
+                        f"unset (the epochs decide how long training runs), got {epochs!r}" if by_epochs else
+                        "`training.num_train_epochs` must be a finite number >= 0 (`training.max_steps` decides how "
+                        f"long training runs), got {epochs!r}")
     return problems
 
 
@@ -140,6 +232,9 @@ def _validate_method(cfg: ExperimentConfig) -> list[str]:
         problems.append(f"`method_options.eva_rho` must be a number >= 1, got {o.eva_rho!r}")
     methods = set(cfg.sweep.methods) if cfg.sweep.mode == "ablation" and cfg.sweep.ablation_type == "method" else set()
     methods |= {cfg.method}  # a baseline always runs on a full-precision base (sweep.baseline_points)
+    if cfg.warm_start is not None and "full" in methods:
+        problems.append(f"`warm_start` {cfg.warm_start!r} starts a LoRA adapter from a checkpoint, but `method` full "
+                        "trains no adapter; remove warm_start, or warm-start a LoRA method")
     if "full" in methods and cfg.quantization.method != "none":
         problems.append(f"`method` full trains every weight, which a quantized base cannot (quantization.method "
                         f"{cfg.quantization.method!r}); use quantization none for full fine-tuning")
@@ -159,27 +254,34 @@ def _validate_sweep(cfg: ExperimentConfig) -> list[str]:
         problems.append("`sweep.ablation_type` must be one of rank, alpha, modules, quantization, method, grid when "
                         "`sweep.mode` is ablation, got None")
     if s.mode == "ablation" and s.ablation_type == "grid" and not s.grid:
-        problems.append("`sweep.grid` must map at least one dotted key to a list of values for a grid ablation")
+        problems.append("`sweep.grid` must map at least one dotted key to a list of values for a grid ablation, "
+                        f"got {s.grid!r}")
     top_level = {f.name for f in dataclasses.fields(ExperimentConfig)}
     for key, values in s.grid.items():
         if not isinstance(values, list) or not values:
             problems.append(f"`sweep.grid.{key}` must be a non-empty list, got {values!r}")
+        elif key in FIELD_RULES:
+            allowed = next(filter(None, map(FIELD_RULES[key], values)), None)
+            if allowed:
+                problems.append(f"`sweep.grid.{key}` must list values that are each {allowed}, got {values!r}")
         if key.split(".")[0] not in top_level:
             problems.append(f"`sweep.grid` key {key!r} is not a config field")
     bad = [q for q in s.quantizations if q not in QUANT_ABLATION_POINTS]
     if bad or not s.quantizations:
         problems.append(f"`sweep.quantizations` must list values from {', '.join(QUANT_ABLATION_POINTS)}, "
                         f"got {s.quantizations!r}")
-    if not s.alphas or not all(_positive_number(x) for x in s.alphas):
-        problems.append(f"`sweep.alphas` must be a non-empty list of numbers > 0, got {s.alphas!r}")
+    for name in ("alphas", "learning_rates"):  # an empty axis would expand to zero runs
+        values = getattr(s, name)
+        if not values or not all(map(_positive_number, values)):
+            finite = "finite " if any(map(_not_finite, values)) else ""
+            problems.append(f"`sweep.{name}` must be a non-empty list of {finite}numbers > 0, got {values!r}")
     if not s.ranks or not all(_positive_int(x) for x in s.ranks):
         problems.append(f"`sweep.ranks` must be a non-empty list of positive ints, got {s.ranks!r}")
-    for name in ("presets", "learning_rates"):  # an empty axis would expand to zero runs
-        if not getattr(s, name):
-            problems.append(f"`sweep.{name}` must be a non-empty list, got []")
-    if s.seeds is not None and (not s.seeds or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                                                       for x in s.seeds)):
-        problems.append(f"`sweep.seeds` must be a non-empty list of ints >= 0 (or null), got {s.seeds!r}")
+    if not s.presets:
+        problems.append("`sweep.presets` must be a non-empty list, got []")
+    if s.seeds is not None and (not s.seeds or not all(map(_seed, s.seeds))):
+        problems.append(f"`sweep.seeds` must be a non-empty list of ints in [0, 2**32) (numpy's seed range, used by "
+                        f"transformers.set_seed), or null, got {s.seeds!r}")
     elif s.seeds is not None and len(set(s.seeds)) != len(s.seeds):
         problems.append(f"`sweep.seeds` lists a seed twice: {s.seeds!r}")
     bad = [m for m in s.methods if m not in METHODS]
@@ -202,11 +304,14 @@ def _validate_sweep(cfg: ExperimentConfig) -> list[str]:
                         "when `sweep.backend` is optuna, got None")
     if s.stale_trial_s < 0:
         problems.append(f"`sweep.stale_trial_s` must be a number >= 0 (seconds), got {s.stale_trial_s!r}")
+    if s.checkpoint_minutes is not None and not _positive_number(s.checkpoint_minutes):
+        problems.append("`sweep.checkpoint_minutes` must be a finite number > 0 (minutes of training between "
+                        f"checkpoints) or null (off), got {s.checkpoint_minutes!r}")
     if not _positive_int(s.n_trials):
         problems.append(f"`sweep.n_trials` must be a positive int, got {s.n_trials!r}")
     low_high = s.tpe_learning_rate
-    if len(low_high) != 2 or not 0 < low_high[0] < low_high[1]:
-        problems.append(f"`sweep.tpe_learning_rate` must be [low, high] with 0 < low < high, got {low_high!r}")
+    if len(low_high) != 2 or not 0 < low_high[0] < low_high[1] < math.inf:
+        problems.append(f"`sweep.tpe_learning_rate` must be [low, high] with 0 < low < high < inf, got {low_high!r}")
     if not s.tpe_ranks or not all(_positive_int(x) for x in s.tpe_ranks):
         problems.append(f"`sweep.tpe_ranks` must be a non-empty list of positive ints, got {s.tpe_ranks!r}")
     if s.name is not None and (not s.name or "/" in s.name or s.name in (".", "..")):
@@ -251,8 +356,10 @@ def validate(cfg: ExperimentConfig) -> list[str]:
         value = getattr(cfg, name)
         if value is not None and not _positive_int(value):
             problems.append(f"`{name}` must be a positive int or null, got {value!r}")
-    if not _positive_int(cfg.max_seq_length):
-        problems.append(f"`max_seq_length` must be a positive int, got {cfg.max_seq_length!r}")
+    for key in ("max_seq_length", "seed", "data_seed"):
+        problem = field_problem(key, getattr(cfg, key))
+        if problem:
+            problems.append(problem)
     problems += _check_choices(cfg, "")
     problems += _validate_lora(cfg.lora)
     q = cfg.quantization

@@ -19,14 +19,14 @@ def tiny_bert_config(**kw):
     from transformers import BertConfig
 
     return BertConfig(vocab_size=kw.pop("vocab_size", 100), hidden_size=16, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=24, max_position_embeddings=64, num_labels=2, **kw)
+                      num_attention_heads=2, intermediate_size=24, max_position_embeddings=128, num_labels=2, **kw)
 
 
 def tiny_llama_config():
     from transformers import LlamaConfig
 
     return LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, num_labels=2,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, num_labels=2,
                        pad_token_id=0)
 
 

@@ -44,6 +44,44 @@ def _data_with(e, name, text):
     return ["--data-dir", str(root)]
 
 
+def _sst2_rows(e, name, rows):
+    """A data directory whose SST-2 train file holds ``rows`` (sentence, label) after the header."""
+    return _data_with(e, name, "sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
+
+
+def _rte_with_label(e, mp):
+    import pandas as pd
+
+    root = e["tmp"] / "data-rte"
+    (root / "glue" / "rte").mkdir(parents=True)
+    for split, labels in (("train", [0, 1, -1]), ("validation", [0, 1])):
+        pd.DataFrame({"sentence1": ["a"] * len(labels), "sentence2": ["b"] * len(labels), "label": labels,
+                      "idx": range(len(labels))}).to_parquet(root / "glue" / "rte" / f"{split}.parquet")
+    return ["--task", "rte", "--data-dir", str(root)]
+
+
+def _latin1_data(e, mp):
+    root = e["tmp"] / "data-latin1"
+    _write(root / "glue/sst2/dev.tsv", "sentence\tlabel\na fine film\t1\n")
+    (root / "glue/sst2/train.tsv").write_bytes("sentence\tlabel\na fine film\t1\nun café\t0\n".encode("latin-1"))
+    return ["--data-dir", str(root)]
+
+
+def _model_dir_without_weights(e, mp, extra: str | None = None):
+    """The tiny BERT's config and tokenizer without its weights (plus an ``extra`` empty file)."""
+    import shutil
+
+    folder = e["tmp"] / "no-weights"
+    shutil.copytree(e["model"], folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    if extra:
+        (folder / extra).write_bytes(b"")
+    return ["--model", str(folder)]
+
+
+def _yaml_with(e, name, text):
+    return ["--config", str(_write(e["tmp"] / name, text))]
+
+
 def _other_config_in_run_dir(e, mp):
     base = load_config(cli={"task": "sst2", "model": e["model"], "data_dir": e["data"], "output_dir": str(e["out"])})
     ((name, cfg),) = expand(base)
@@ -53,10 +91,48 @@ def _other_config_in_run_dir(e, mp):
     return []
 
 
+def fresh_wandb_session(mp, tmp: Path, **env: str) -> None:
+    """wandb reads its settings (base_url) once per process and keeps session credentials: start
+    both afresh, with only the given W&B variables set and no settings file."""
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib.wbauth import authenticate
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_APP_URL"):
+        mp.delenv(name, raising=False)
+    mp.setenv("WANDB_CONFIG_DIR", str(tmp / "wandb-config"))
+    mp.setenv("NETRC", str(tmp / "no-netrc"))
+    for name, value in env.items():
+        mp.setenv(name, value)
+    mp.setattr(wandb_setup, "_singleton", None)
+    mp.setattr(authenticate, "_session_auth", None)
+
+
+def _data_changed_since_the_run(e, mp):
+    """A completed run trained on data files with another fingerprint than today's."""
+    import json
+
+    base = load_config(cli={"task": "sst2", "model": e["model"], "data_dir": e["data"], "output_dir": str(e["out"])})
+    ((name, cfg),) = expand(base)
+    run_dir = e["out"] / "sst2-single" / name
+    _write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict()))
+    _write(run_dir / "metrics.json", json.dumps({
+        "status": "completed", "run_id": cfg.run_id, "run_name": name, "config": cfg.to_dict(),
+        "resolved": {"data_dir": e["data"], "data_fingerprint": "sha256:0123456789abcdef"}}))
+    return []
+
+
 def _wandb_online_without_key(e, mp):
-    mp.delenv("WANDB_API_KEY", raising=False)
-    mp.delenv("WANDB_MODE", raising=False)
-    mp.setenv("NETRC", str(e["tmp"] / "no-netrc"))
+    fresh_wandb_session(mp, e["tmp"])
+    return ["--wandb", "online"]
+
+
+def _wandb_online_bad_key(e, mp):
+    fresh_wandb_session(mp, e["tmp"], WANDB_API_KEY="abc")
+    return ["--wandb", "online"]
+
+
+def _wandb_online_bad_base_url(e, mp):
+    fresh_wandb_session(mp, e["tmp"], WANDB_BASE_URL="https://app.wandb.ai", WANDB_API_KEY="a" * 40)
     return ["--wandb", "online"]
 
 
@@ -105,12 +181,14 @@ def _full_fine_tuning_run(e, mp):
 
 
 def _causal_lm_config_dir(e):
-    """A model directory whose config.json names a causal LM (preflight reads only that)."""
+    """A model directory whose config.json names a causal LM (preflight reads only that, and
+    checks that a weight file is there)."""
     from tests.conftest import tiny_llama_config
 
     config = tiny_llama_config()
     config.architectures = ["LlamaForCausalLM"]
     config.save_pretrained(e["tmp"] / "causal-lm")
+    (e["tmp"] / "causal-lm" / "model.safetensors").write_bytes(b"")
     return str(e["tmp"] / "causal-lm")
 
 
@@ -186,8 +264,21 @@ CASES = [
      ["`output_dir`", "is not writable"]),
     ("run-dir-holds-another-config", "main", _other_config_in_run_dir,
      ["holds a different config (run_id", "set another `output_dir` or `sweep.name`"]),
+    ("checkpoint-minutes-not-positive", "main", lambda e, mp: ["--checkpoint-minutes", "0"],
+     ["`sweep.checkpoint_minutes` must be a finite number > 0", "got 0"]),
+    ("warm-start-not-an-adapter", "main", lambda e, mp: ["--warm-start", str(e["tmp"])],
+     ["`warm_start` directory", "has no adapter_config.json"]),
+    ("warm-start-full-fine-tuning", "main", lambda e, mp: ["--method", "full", "--warm-start", str(e["tmp"])],
+     ["`warm_start`", "`method` full trains no adapter"]),
+    ("data-changed-since-the-run", "main", _data_changed_since_the_run,
+     ["the data files changed since run", "fingerprint sha256:0123456789abcdef then", "rerun with --rerun"]),
     ("wandb-online-without-api-key", "main", _wandb_online_without_key,
      ["`tracking.wandb` is 'online' but no W&B API key was found", "--wandb offline"]),
+    ("wandb-online-key-malformed", "main", _wandb_online_bad_key,
+     ["`tracking.wandb` is 'online' but wandb refuses its credentials", "API key must have 40+ characters"]),
+    ("wandb-online-bad-server-address", "main", _wandb_online_bad_base_url,
+     ["`tracking.wandb` is 'online' but wandb refuses its credentials or server address",
+      "https://app.wandb.ai is not a valid server address"]),
     ("quantization-unsupported-by-backend", "main", _backend_without_4bit_kernel,
      ["`quantization.method` 'nf4' is not supported by bitsandbytes", "on cpu", "quantization.method: none"]),
     ("quantization-without-bitsandbytes", "main", _no_bitsandbytes,
@@ -232,6 +323,102 @@ CASES = [
     ("lora-plus-with-another-optimizer", "main", lambda e, mp: ["--method", "lora-plus", "--set",
                                                                  "training.optim=sgd"],
      ["`method` lora-plus builds its own AdamW", "remove `training.optim` ('sgd')"]),
+    # batch sizes, training length, seeds
+    ("batch-size-zero", "main", lambda e, mp: ["--set", "training.per_device_train_batch_size=0"],
+     ["`training.per_device_train_batch_size` must be a positive int, got 0"]),
+    ("batch-size-fraction", "main", lambda e, mp: ["--set", "training.per_device_train_batch_size=2.5"],
+     ["`training.per_device_train_batch_size` must be a positive int, got 2.5"]),
+    ("eval-batch-size-negative", "main", lambda e, mp: ["--set", "training.per_device_eval_batch_size=-1"],
+     ["`training.per_device_eval_batch_size` must be a positive int, got -1"]),
+    ("gradient-accumulation-zero", "main", lambda e, mp: ["--set", "training.gradient_accumulation_steps=0"],
+     ["`training.gradient_accumulation_steps` must be a positive int, got 0"]),
+    ("epochs-zero", "main", lambda e, mp: ["--set", "training.num_train_epochs=0"],
+     ["`training.num_train_epochs` must be a finite number > 0 when `training.max_steps` is -1 or unset", "got 0"]),
+    ("epochs-not-finite", "main", lambda e, mp: ["--max-steps", "-1", "--set", "training.num_train_epochs=.inf"],
+     ["`training.num_train_epochs` must be a finite number > 0", "got inf"]),
+    ("seed-negative", "main", lambda e, mp: ["--seed", "-1"],
+     ["`seed` must be an int in [0, 2**32) (numpy's seed range, used by transformers.set_seed), got -1"]),
+    ("seed-too-large", "main", lambda e, mp: ["--seed", str(2**32)], ["`seed` must be an int in [0, 2**32)",
+                                                                     "got 4294967296"]),
+    ("data-seed-negative", "main", lambda e, mp: ["--set", "data_seed=-1"],
+     ["`data_seed` must be an int in [0, 2**32)", "got -1"]),
+    ("sweep-seed-negative", "main", lambda e, mp: ["--seeds", "-1"],
+     ["`sweep.seeds` must be a non-empty list of ints in [0, 2**32)", "got [-1]"]),
+    ("sweep-seed-too-large", "main", lambda e, mp: ["--seeds", f"42,{2**32}"],
+     ["`sweep.seeds` must be a non-empty list of ints in [0, 2**32)", "got [42, 4294967296]"]),
+    # NaN and infinity
+    ("learning-rate-nan", "main", lambda e, mp: ["--set", "training.learning_rate=nan"],
+     ["`training.learning_rate` must be a finite number > 0, got 'nan'"]),
+    ("learning-rate-inf", "main", lambda e, mp: ["--set", "training.learning_rate=.inf"],
+     ["`training.learning_rate` must be a finite number > 0, got inf"]),
+    ("lora-alpha-nan-in-yaml", "main", lambda e, mp: _yaml_with(e, "nan.yaml", "lora:\n  lora_alpha: .nan\n"),
+     ["`lora.lora_alpha` must be a finite number > 0, got nan"]),
+    ("sweep-learning-rate-nan", "main",
+     lambda e, mp: ["--mode", "sweep", "--set", "sweep.learning_rates=[1e-4,.nan]"],
+     ["`sweep.learning_rates` must be a non-empty list of finite numbers > 0, got [0.0001, nan]"]),
+    ("sweep-alpha-inf", "main",
+     lambda e, mp: ["--mode", "ablation", "--ablation-type", "alpha", "--set", "sweep.alphas=[8,.inf]"],
+     ["`sweep.alphas` must be a non-empty list of finite numbers > 0, got [8, inf]"]),
+    ("grid-learning-rate-nan", "main",
+     lambda e, mp: ["--mode", "ablation", "--ablation-type", "grid", "--set",
+                    "sweep.grid={training.learning_rate: [1e-4, .nan]}"],
+     ["`sweep.grid.training.learning_rate` must list values that are each a finite number > 0, got [0.0001, nan]"]),
+    # LoRA against the model's shapes (tiny BERT: 2 layers, 16 wide)
+    ("r-above-layer-dimension", "main", lambda e, mp: ["--set", "lora.r=32"],
+     ["`lora.r` must be at most 16, the smaller dimension of the targeted layers "
+      "bert.encoder.layer.*.attention.self.query", "(16 in, 16 out)", "got 32"]),
+    ("rank-pattern-above-layer-dimension", "main", lambda e, mp: ["--set", "lora.rank_pattern={value: 17}"],
+     ["`lora.rank_pattern` entry 'value' must be at most 16", "bert.encoder.layer.*.attention.self.value", "got 17"]),
+    ("rank-pattern-not-positive", "main", lambda e, mp: ["--set", "lora.rank_pattern={query: 0}"],
+     ["`lora.rank_pattern` entry 'query' must be a positive int, got 0"]),
+    ("layers-to-transform-out-of-range", "main", lambda e, mp: ["--set", "lora.layers_to_transform=[0,99]"],
+     ["`lora.layers_to_transform` must name layers from 0 to 1 (the model has 2, num_hidden_layers), got [0, 99]"]),
+    ("layers-to-transform-negative", "main", lambda e, mp: ["--set", "lora.layers_to_transform=-1"],
+     ["`lora.layers_to_transform` must be a layer index (an int >= 0), a non-empty list of them, or null", "got -1"]),
+    ("layers-to-transform-with-a-regex-preset", "main",
+     lambda e, mp: ["--set", "lora.target_modules=mlp", "--set", "lora.layers_to_transform=0"],
+     ["`lora` was rejected by peft.LoraConfig: `layers_to_transform` cannot be used when `target_modules` is a str"]),
+    ("max-seq-length-above-positions", "main", lambda e, mp: ["--set", "max_seq_length=512"],
+     ["`max_seq_length` must be at most 128, the model's max_position_embeddings (128)", "got 512"]),
+    ("max-seq-length-not-positive", "main", lambda e, mp: ["--set", "max_seq_length=0"],
+     ["`max_seq_length` must be a positive int, got 0"]),
+    ("model-dir-without-weights", "main", _model_dir_without_weights,
+     ["`model` directory", "has a config.json but no weights: expected one of model.safetensors",
+      "it holds config.json, tokenizer.json"]),
+    ("model-dir-with-only-a-gguf-file", "main", lambda e, mp: _model_dir_without_weights(e, mp, "model.Q4_1.gguf"),
+     ["has a config.json but no weights", "its GGUF file 'model.Q4_1.gguf' is read only through an alias"]),
+    # data files read whole
+    ("data-label-out-of-range", "main", lambda e, mp: _sst2_rows(e, "label", [("fine", 1), ("dull", 0), ("odd", 2)]),
+     ["sst2 file", "train.tsv' line 4 has label '2'; allowed labels: 0, 1"]),
+    ("data-label-not-a-class", "main",
+     lambda e, mp: _sst2_rows(e, "words", [("fine", "positive"), ("dull", "negative")]),
+     ["train.tsv' line 2 has label 'positive'; allowed labels: 0, 1 (2 rows have a label outside that set)"]),
+    ("data-label-out-of-range-parquet", "main", _rte_with_label,
+     ["rte file", "train.parquet' row 2 (0-based) has label -1; allowed labels: 0, 1"]),
+    ("data-file-not-utf8", "main", _latin1_data,
+     ["sst2 file", "train.tsv' is not UTF-8 text (byte 0xe9 at offset 35, line 3: invalid continuation byte)"]),
+    # every sweep axis: empty is refused (it would expand to zero runs and exit 0)
+    ("empty-learning-rates", "main", lambda e, mp: ["--mode", "sweep", "--set", "sweep.learning_rates=[]"],
+     ["`sweep.learning_rates` must be a non-empty list of numbers > 0, got []"]),
+    ("empty-alphas", "main",
+     lambda e, mp: ["--mode", "ablation", "--ablation-type", "alpha", "--set", "sweep.alphas=[]"],
+     ["`sweep.alphas` must be a non-empty list of numbers > 0, got []"]),
+    ("empty-presets", "main",
+     lambda e, mp: ["--mode", "ablation", "--ablation-type", "modules", "--set", "sweep.presets=[]"],
+     ["`sweep.presets` must be a non-empty list, got []"]),
+    ("empty-quantizations", "main",
+     lambda e, mp: ["--mode", "ablation", "--ablation-type", "quantization", "--set", "sweep.quantizations=[]"],
+     ["`sweep.quantizations` must list values from none, nf4", "got []"]),
+    ("empty-methods", "main", lambda e, mp: ["--mode", "ablation", "--ablation-type", "method", "--set",
+                                             "sweep.methods=[]"],
+     ["`sweep.methods` must list run types from lora, full", "got []"]),
+    ("empty-grid", "main", lambda e, mp: ["--mode", "ablation", "--ablation-type", "grid", "--set", "sweep.grid={}"],
+     ["`sweep.grid` must map at least one dotted key to a list of values for a grid ablation, got {}"]),
+    ("empty-grid-axis", "main",
+     lambda e, mp: ["--mode", "ablation", "--ablation-type", "grid", "--set", "sweep.grid={lora.r: [4], seed: []}"],
+     ["`sweep.grid.seed` must be a non-empty list, got []"]),
+    ("empty-seeds", "main", lambda e, mp: ["--set", "sweep.seeds=[]"],
+     ["`sweep.seeds` must be a non-empty list of ints in [0, 2**32)", "got []"]),
     # loraexp report SWEEP_DIR
     ("report-without-sweep-dir", "report", lambda e, mp: [], ["the following arguments are required: SWEEP_DIR"]),
     ("report-not-a-directory", "report", lambda e, mp: [str(e["out"] / "nope")],

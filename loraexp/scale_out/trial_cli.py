@@ -45,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from loraexp.config import load_config
     from loraexp.distributed import is_main_process
+    from loraexp.preemption import Preempted
     from loraexp.runner import run_trial
 
     try:
         base = load_config(args.config)
         result = run_trial(base, parse_overrides(rest))
+    except Preempted as exc:  # recorded interrupted; the agent's next start of this trial continues it
+        print(f"loraexp-trial: {exc}: the run saved a checkpoint and is recorded interrupted", file=sys.stderr)
+        return exc.exit_code
     except LoraexpError as exc:
         print(f"loraexp-trial: error: {exc}", file=sys.stderr)
         return 2

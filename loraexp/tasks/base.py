@@ -114,6 +114,22 @@ def require_file(data_dir: str | Path, relative: str, what: str) -> Path:
     return path
 
 
+def read_text(path: Path, what: str, encoding: str = "utf-8") -> str:
+    """The text of a local data file, decoded as UTF-8 (``utf-8-sig`` drops a byte-order mark).
+
+    Raises:
+        DataError: the file is not UTF-8, naming ``what`` (``sst2``), the file, the byte offset
+            and the line of the first byte that is not.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{what} file {str(path)!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                        f"{exc.start}, line {line}: {exc.reason}); save it as UTF-8") from None
+
+
 def read_local_splits(task: Task, data_dir: str | Path | None) -> None:
     """The usual :meth:`Task.check_data`: read both local splits once with
     :meth:`Task.load_split`, so a missing, malformed or empty file fails before any training.

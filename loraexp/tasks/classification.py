@@ -8,13 +8,14 @@ come from scikit-learn (accuracy; F1 of the positive class, as GLUE reports for 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loraexp.errors import DataError
-from loraexp.tasks.base import read_local_splits, require_file
+from loraexp.tasks.base import read_local_splits, read_text, require_file
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class ClassificationTask:
         return require_file(data_dir, self.local_files[split], f"{self.name} {split}")
 
     def check_data(self, data_dir: str | Path | None) -> None:
-        """Fail early (before any training) if a local file is missing, lacks columns or has
-        no rows: both splits are read once. No-op for the Hub.
+        """Fail early (before any training) if a local file is missing, is not UTF-8, lacks
+        columns, has no rows or has a label outside ``0 .. num_labels - 1``: both splits are
+        read whole, once. No-op for the Hub.
 
         Raises:
             DataError: naming the file and what is wrong with it.
@@ -68,7 +70,8 @@ class ClassificationTask:
         columns ``text_fields`` + ``label`` (int64).
 
         Raises:
-            DataError: missing file, missing columns, or no rows.
+            DataError: missing file, not UTF-8, missing columns, no rows, or a label that is not
+                one of ``0 .. num_labels - 1`` (see :meth:`checked_labels`).
         """
         import datasets
 
@@ -82,8 +85,32 @@ class ClassificationTask:
             raise DataError(f"{self.name} file {str(path)!r} lacks the columns {missing}; it has {list(frame.columns)}")
         if frame.empty:
             raise DataError(f"{self.name} file {str(path)!r} has no rows")
-        frame = frame[[*self.text_fields, "label"]].astype({"label": "int64"})
+        frame = frame[[*self.text_fields, "label"]].assign(label=self.checked_labels(path, frame["label"]))
         return datasets.Dataset.from_pandas(frame, preserve_index=False)
+
+    def checked_labels(self, path: Path, labels):
+        """``labels`` (a ``pandas.Series`` read from ``path``) as int64, every one checked to be
+        a class of this task (``0 .. num_labels - 1``): a label outside that set would index
+        past the classification head (or the verbalizer's words) in the middle of training.
+
+        Raises:
+            DataError: naming the file, the first bad label with its line (TSV) or row, how many
+                rows are bad, and the allowed labels.
+        """
+        import pandas as pd
+
+        allowed = range(self.num_labels)
+        numeric = pd.to_numeric(labels, errors="coerce")
+        good = numeric.isin(allowed).to_numpy()
+        if good.all():
+            return numeric.astype("int64").to_numpy()
+        bad = (~good).nonzero()[0]
+        first = int(bad[0])
+        value = labels.iloc[first]
+        value = value.item() if hasattr(value, "item") else value  # a numpy scalar of a parquet file: its number
+        more = f" ({len(bad)} rows have a label outside that set)" if len(bad) > 1 else ""
+        raise DataError(f"{self.name} file {str(path)!r} {_row_location(path, first, self.name)} has label "
+                        f"{value!r}; allowed labels: {', '.join(map(str, allowed))}{more}")
 
     def tokenize(self, dataset, tokenizer, max_length: int):
         """Tokenize to ``input_ids``/``attention_mask`` (+ ``labels``), truncating to
@@ -153,10 +180,25 @@ class ClassificationTask:
         return out
 
 
-def read_tsv(path: Path, encoding: str = "utf-8"):
+def read_tsv(path: Path, encoding: str = "utf-8", what: str = "data"):
     """Read a GLUE TSV (a ``pandas.DataFrame``): header row, tab-separated, no quoting (quotes
-    are part of the text)."""
+    are part of the text).
+
+    Raises:
+        DataError: the file is not UTF-8 (:func:`~loraexp.tasks.base.read_text`; ``what`` names
+            the task in the message).
+    """
     import pandas as pd
 
-    return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding=encoding, keep_default_na=False,
-                       dtype=str)
+    return pd.read_csv(io.StringIO(read_text(path, what, encoding)), sep="\t", quoting=csv.QUOTE_NONE,
+                       keep_default_na=False, dtype=str)
+
+
+def _row_location(path: Path, index: int, what: str) -> str:
+    """``line N`` of data row ``index`` (0-based, after the header) of a TSV file, counted as
+    pandas reads it (blank lines skipped); ``row N`` (0-based) of any other file."""
+    if path.suffix != ".tsv":
+        return f"row {index} (0-based)"
+    lines = read_text(path, what, "utf-8-sig").split("\n")
+    numbers = [number for number, line in enumerate(lines, start=1) if line.strip("\r")][1:]  # after the header
+    return f"line {numbers[index]}" if index < len(numbers) else f"data row {index + 1}"

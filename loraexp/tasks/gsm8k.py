@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from loraexp.errors import DataError
-from loraexp.tasks.base import require_file
+from loraexp.tasks.base import read_text, require_file
 from loraexp.tasks.sft import InstructionTask, render
 
 CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -65,7 +65,7 @@ class GSM8KTask(InstructionTask):
             return datasets.load_dataset(self.hub_dataset, self.hub_config, split=hub_split)
         path = require_file(data_dir, self.local_files[split], f"gsm8k {split}")
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_text(path, "gsm8k").splitlines(), start=1):
             if not line.strip():
                 continue
             try:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from loraexp.errors import DataError
-from loraexp.tasks.base import require_file
+from loraexp.tasks.base import read_text, require_file
 from loraexp.tasks.sft import InstructionTask
 
 HOLDOUT_EVERY = 20
@@ -31,7 +31,7 @@ class LimaTask(InstructionTask):
             return [{"conversations": list(r["conversations"])} for r in rows]
         path = require_file(data_dir, self.local_files["train"], "lima")
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(read_text(path, "lima"))
         except json.JSONDecodeError as exc:
             raise DataError(f"lima file {str(path)!r} is not valid JSON: {exc}") from None
         if not isinstance(rows, list) or not rows:

@@ -8,7 +8,7 @@ from loraexp.tasks.classification import ClassificationTask, read_tsv
 
 def read_mrpc(path: Path):
     """GLUE's MRPC TSV: ``Quality, #1 ID, #2 ID, #1 String, #2 String``, with a UTF-8 BOM."""
-    frame = read_tsv(path, encoding="utf-8-sig")
+    frame = read_tsv(path, encoding="utf-8-sig", what="mrpc")
     return frame.rename(columns={"Quality": "label", "#1 String": "sentence1", "#2 String": "sentence2"})
 
 

@@ -27,10 +27,10 @@ class ShakespeareTask(CausalLMTask):
 
             parts = datasets.load_dataset(self.hub_dataset)
             return "".join(t for split in ("train", "validation", "test") for t in parts[split]["text"])
-        from loraexp.tasks.base import require_file
+        from loraexp.tasks.base import read_text, require_file
 
         path = require_file(data_dir, self.local_files["train"], "shakespeare")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, "shakespeare")
         if not text.strip():
             raise DataError(f"shakespeare file {str(path)!r} is empty")
         return text

@@ -7,7 +7,7 @@ from loraexp.tasks.classification import ClassificationTask, read_tsv
 
 def read_sst2(path: Path):
     """``sentence<TAB>label`` with a header (GLUE's SST-2 TSV)."""
-    return read_tsv(path)
+    return read_tsv(path, what="sst2")
 
 
 SST2 = ClassificationTask(
