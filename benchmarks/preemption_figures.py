@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from loraexp.storage import RunStore
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "experiments" / "lora_finetune.py")
 MODELS = {
@@ -48,17 +50,9 @@ def run_dir(out: Path) -> Path | None:
 
 
 def steps_logged(run: Path | None) -> int:
-    if run is None or not (run / "history.jsonl").is_file():
-        return 0
-    steps = []
-    for line in (run / "history.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if "train/loss" in row:
-            steps.append(row["step"])
-    return max(steps, default=0)
+    """The last optimizer step with a training loss in ``run``'s history.jsonl (0: none yet)."""
+    rows = RunStore(run).read_history() if run is not None else []
+    return max((row.get("step", 0) for row in rows if "train/loss" in row), default=0)
 
 
 def sigterm_to_exit(model_args: list[str], out: Path, env: dict) -> tuple[float, int, dict]:

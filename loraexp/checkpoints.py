@@ -107,3 +107,18 @@ def checkpoint_state(path: str | Path) -> dict:
         OSError | ValueError: the file is missing or not JSON (use :func:`is_complete` first).
     """
     return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
+def optimizer_state_bytes(path: str | Path) -> int | None:
+    """Bytes of the optimizer state tensors (AdamW: ``exp_avg``, ``exp_avg_sq``, ``step`` per
+    trained weight) in checkpoint ``path``'s ``optimizer.pt``, loaded with
+    ``torch.load(weights_only=True)``: the figure a run restored from its final checkpoint
+    records in place of the trained optimizer's. None when the file cannot be read."""
+    import torch
+
+    try:
+        saved = torch.load(Path(path) / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 -- a figure, not a check: missing or unreadable gives None
+        return None
+    return int(sum(t.numel() * t.element_size() for per_param in saved.get("state", {}).values()
+                   for t in per_param.values() if torch.is_tensor(t)))

@@ -390,7 +390,7 @@ class LoraRecipe:
         take one step past ``max_steps`` (transformers 5.23)."""
         import contextlib
 
-        from loraexp.checkpoints import checkpoint_state, is_final
+        from loraexp.checkpoints import checkpoint_state, is_final, optimizer_state_bytes
         from loraexp.quantization import weight_bytes
 
         if self.checkpoint and is_final(self.checkpoint):
@@ -398,6 +398,7 @@ class LoraRecipe:
             state = checkpoint_state(self.checkpoint)
             self.record.completion.planned_steps, self.record.completion.trained_steps = (
                 state["max_steps"], state["global_step"])
+            self.callbacks["efficiency"].result = {"optimizer_state_bytes": optimizer_state_bytes(self.checkpoint)}
         else:
             with self.guard.training() if self.guard is not None else contextlib.nullcontext():
                 self.trainer.train(resume_from_checkpoint=self.checkpoint)

@@ -94,6 +94,7 @@ def decide(store: RunStore, cfg: ExperimentConfig, fingerprint: str | None, reru
     Raises:
         ConfigError: the directory holds another config, or (without ``rerun``) a result
             trained on data files that have changed since.
+        OSError: the adapter file exists but cannot be read for its SHA-256.
     """
     conflict = identity_conflict(store, cfg)
     if conflict:

@@ -83,6 +83,9 @@ def run_unless_done(name: str, cfg: ExperimentConfig, sweep_dir: Path, rerun: bo
     Raises:
         ConfigError: the run directory holds another config, or a result trained on data
             files that changed since (:func:`loraexp.run_state.decide`).
+        OSError: a data file cannot be read for its fingerprint, or the run directory or its
+            lock file cannot be created (a full disk: the sweep turns it into DiskFullError).
+        Preempted: a signal arrived while the run's record was written (the record is on disk).
     """
     from loraexp.data_fingerprint import data_fingerprint
     from loraexp.recipe import run_experiment
@@ -215,8 +218,13 @@ def _check_identities(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path)
 
 def _write_summary(cfg: ExperimentConfig, sweep_dir: Path, runs: list[tuple[str, ExperimentConfig]], metric: str,
                    best_effort: bool = False):
-    """``summary.csv``/``summary.md`` of the sweep (rank 0). With ``best_effort`` (the sweep is
-    stopping for a signal or a full disk), a failure is logged, not raised."""
+    """Write ``summary.csv``/``summary.md`` of the sweep on rank 0 and return its
+    :class:`~loraexp.summary.SweepSummary` (None on other ranks). With ``best_effort`` (the
+    sweep is stopping for a signal or a full disk), a failure is logged and None returned.
+
+    Raises:
+        OSError | filelock.Timeout: without ``best_effort``, the summary could not be written.
+    """
     if not is_main_process():
         return None
     try:

@@ -313,7 +313,8 @@ class ExperimentConfig:
         "Start the adapter (lora_A, lora_B and a trained head) from the adapter_model.safetensors of this "
         "checkpoint or adapter directory instead of PEFT's initialisation; the optimizer and the schedule start "
         "fresh. The recovery after a NaN stop: the last good checkpoint with a lower learning rate "
-        "(docs/reliability.md). LoRA runs only.", flag="--warm-start", default=None)
+        "(docs/reliability.md). LoRA runs only. Part of the run's identity as the path given (not the file's "
+        "content).", flag="--warm-start", default=None)
     export_merged: bool = _help("Save the merged model (save_pretrained) to <run>/merged when the merge check "
                                 "passes.", flag="--export-merged", default=False)
     trust_remote_code: bool = _help("Allow models with custom code from the Hub (off unless asked).",

@@ -233,3 +233,5 @@ def test_resume_after_a_crash_near_the_end_carries_verification_forward(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.metrics["eval"]["accuracy"] == reference.metrics["eval"]["accuracy"]
     assert resumed.metrics["lora_rank"] == reference.metrics["lora_rank"]
+    assert resumed.metrics["training_efficiency"]["optimizer_state_bytes"] == (  # also when restored, not trained
+        reference.metrics["training_efficiency"]["optimizer_state_bytes"])

@@ -31,6 +31,7 @@ def log_report(report, mode: str | None = None) -> str | None:
         The W&B run's directory, or None when W&B is disabled or failed (a failure is logged,
         never raised: the report on disk is written already).
     """
+    from loraexp import tracking as tracking_module
     from loraexp.tracking import effective_mode
 
     data = report.data
@@ -39,6 +40,10 @@ def log_report(report, mode: str | None = None) -> str | None:
     mode = effective_mode(mode or tracking.get("wandb", "disabled"))
     if mode == "disabled":
         return None
+    if mode == "online" and tracking_module._online_failure is not None:  # the runs went offline: so does this
+        logger.warning("W&B summary run logged offline: online init failed earlier in this process (%s)",
+                       tracking_module._online_failure)
+        mode = "offline"
     sweep = data.sweep_dir.name
     try:
         import wandb
