@@ -74,12 +74,6 @@ def where(sweep_dir: Path) -> str:
     return "between runs"
 
 
-def steps_logged(run: Path) -> int:
-    """The last optimizer step in ``run``'s history.jsonl (training loss rows)."""
-    steps = [row.get("step", 0) for row in RunStore(run).read_history() if "train/loss" in row]
-    return max(steps, default=0)
-
-
 def running_run(sweep_dir: Path) -> Path | None:
     """The run whose metrics.json says running (the one being trained), if any."""
     return next((run for run in sorted(p for p in sweep_dir.glob("*") if p.is_dir())
@@ -89,7 +83,7 @@ def running_run(sweep_dir: Path) -> Path | None:
 def preempt(proc: subprocess.Popen, sweep_dir: Path) -> tuple[str, list[str], float]:
     """SIGTERM the sweep and let it exit; ``(what happened, problems, seconds to exit)``."""
     run = running_run(sweep_dir)
-    reached = steps_logged(run) if run else None
+    reached = RunStore(run).last_logged_step() if run else None
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
     code = proc.wait()

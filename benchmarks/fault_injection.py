@@ -89,9 +89,7 @@ class Faults:
 
     @staticmethod
     def steps_logged(run_dir: Path | None) -> int:
-        """The last optimizer step with a training loss in ``run_dir``'s history.jsonl (0: none yet)."""
-        rows = RunStore(run_dir).read_history() if run_dir is not None else []
-        return max((row.get("step", 0) for row in rows if "train/loss" in row), default=0)
+        return RunStore(run_dir).last_logged_step() if run_dir is not None else 0
 
     def wait_until(self, condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 300) -> None:
         deadline = time.time() + timeout

@@ -49,18 +49,12 @@ def run_dir(out: Path) -> Path | None:
     return runs[0] if len(runs) == 1 else None
 
 
-def steps_logged(run: Path | None) -> int:
-    """The last optimizer step with a training loss in ``run``'s history.jsonl (0: none yet)."""
-    rows = RunStore(run).read_history() if run is not None else []
-    return max((row.get("step", 0) for row in rows if "train/loss" in row), default=0)
-
-
 def sigterm_to_exit(model_args: list[str], out: Path, env: dict) -> tuple[float, int, dict]:
     """``(seconds from SIGTERM to exit, exit code, interruption record)`` of one run."""
     proc = subprocess.Popen(argv(model_args, out, "--max-steps", "200"), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 900
-    while steps_logged(run_dir(out)) < 5:
+    while (RunStore(run_dir(out)).last_logged_step() if run_dir(out) else 0) < 5:
         if proc.poll() is not None or time.time() > deadline:
             raise SystemExit(f"the run in {out} exited ({proc.returncode}) or stalled before step 5")
         time.sleep(0.02)

@@ -81,7 +81,7 @@ def is_final(path: str | Path) -> bool:
     max_steps`` in its ``trainer_state.json``): nothing is left to train. Resuming such a
     checkpoint with ``Trainer.train`` would take one step past ``max_steps`` (transformers
     5.23), so the recipe restores its adapter instead."""
-    state = json.loads((Path(path) / "trainer_state.json").read_text())
+    state = checkpoint_state(path)
     return state.get("max_steps", 0) > 0 and state["global_step"] >= state["max_steps"]
 
 

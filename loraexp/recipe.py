@@ -495,13 +495,14 @@ class LoraRecipe:
         ``history.jsonl`` on rank 0); then ``completed`` when every check passed, else
         ``failed_verification`` with the reasons."""
         from loraexp.analysis.convergence import loss_decrease
+        from loraexp.run_state import prove_completion
 
         v = self.cfg.verification
         self.record.verification.convergence = (
             loss_decrease(self.store.read_history(), self.training.get("logging_steps", 500), v.min_loss_decrease)
             if self.main else ConvergenceCheck(passed=True, checked_on="rank 0"))
         self.collect_verification()
-        self.prove_completion()
+        prove_completion(self.record, self.store, self.cfg, adapter_on_disk=self.main)  # rank 0 saved the adapter
         verification, completion = self.record.verification, self.record.completion
         if completion.problems:
             self.record.status = STATUS_FAILED
@@ -511,39 +512,6 @@ class LoraRecipe:
         else:
             self.record.status = STATUS_FAILED_VERIFICATION
             self.record.error = "; ".join(verification.failure_reasons()) or "a verification check failed"
-
-    def prove_completion(self) -> None:
-        """Fill :class:`~loraexp.record.Completion`: every planned optimizer step trained (a
-        Trainer that returned early -- a callback's ``should_training_stop``, transformers' own
-        SIGTERM handling -- is not a finished run), the evaluation ran, and, for a LoRA run, the
-        adapter file on disk is the one evaluated: its SHA-256 is recorded, and the reload check
-        (or, for a quantized base, the merge check, which loads ``adapter/`` into a
-        full-precision base) reproduced the evaluated model's outputs from it."""
-        from loraexp.data_fingerprint import file_sha256
-        from loraexp.methods import is_lora
-        from loraexp.run_state import ADAPTER_FILE
-
-        completion, verification = self.record.completion, self.record.verification
-        problems = completion.problems
-        if completion.planned_steps is None or completion.trained_steps != completion.planned_steps:
-            problems.append(f"trained {completion.trained_steps} of {completion.planned_steps} planned optimizer "
-                            "steps (the Trainer stopped early)")
-        completion.evaluated = bool(self.record.eval)
-        if not completion.evaluated:
-            problems.append("the evaluation produced no metrics")
-        if not is_lora(self.cfg.method) or not self.main:
-            return
-        adapter = self.store.adapter_dir / ADAPTER_FILE
-        if not adapter.is_file():
-            problems.append(f"no adapter file {adapter}")
-            return
-        completion.adapter_sha256 = file_sha256(adapter)
-        if "reload" not in verification.not_applicable:
-            completion.adapter_verified_by = "reload check" if verification.reload.passed else None
-        elif self.cfg.quantization.method != "none":
-            completion.adapter_verified_by = "quantized merge check" if verification.merge.passed else None
-        else:  # LoftQ: the adapter needs its own quantized residual base; the file's hash is the proof kept
-            completion.adapter_verified_by = f"none: {verification.not_applicable['reload']}"
 
     def fail(self, status: str, error: str, failed_step: int | None = None, trace: str | None = None,
              disk_full: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""Whether a run directory holds this config's finished result (docs/reliability.md,
+"""Whether a run directory holds this config's finished result, and the proof a run records
+when it finishes (docs/reliability.md,
 "Completion is proven" and "Identity covers what determines the result").
 
 Decided inside the run's lock (:func:`loraexp.runner.run_unless_done`), from what is on disk,
@@ -107,3 +108,43 @@ def decide(store: RunStore, cfg: ExperimentConfig, fingerprint: str | None, reru
         raise ConfigError(changed)
     problem = completion_problem(store, record)
     return Decision("skip") if problem is None else Decision("run", f"recorded completed, but {problem}")
+
+
+def prove_completion(record: RunRecord, store: RunStore, cfg: ExperimentConfig, adapter_on_disk: bool = True) -> None:
+    """Fill ``record.completion`` (:class:`~loraexp.record.Completion`) at the end of a run:
+    every planned optimizer step trained (a Trainer that returned early -- a callback's
+    ``should_training_stop``, transformers' own SIGTERM handling -- is not a finished run), the
+    evaluation produced metrics, and, for a LoRA run, the adapter file on disk is the one
+    evaluated: its SHA-256 is recorded (what :func:`completion_problem` compares later), and the
+    reload check (or, for a quantized base, the merge check, which loads ``adapter/`` into a
+    full-precision base) reproduced the evaluated model's outputs from it. What is missing goes
+    to ``completion.problems``. ``adapter_on_disk`` False (a rank other than 0, which saves
+    nothing) skips the adapter part.
+
+    Raises:
+        OSError: the adapter file exists but cannot be read.
+    """
+    from loraexp.data_fingerprint import file_sha256
+    from loraexp.methods import is_lora
+
+    completion, verification = record.completion, record.verification
+    problems = completion.problems
+    if completion.planned_steps is None or completion.trained_steps != completion.planned_steps:
+        problems.append(f"trained {completion.trained_steps} of {completion.planned_steps} planned optimizer "
+                        "steps (the Trainer stopped early)")
+    completion.evaluated = bool(record.eval)
+    if not completion.evaluated:
+        problems.append("the evaluation produced no metrics")
+    if not is_lora(cfg.method) or not adapter_on_disk:
+        return
+    adapter = store.adapter_dir / ADAPTER_FILE
+    if not adapter.is_file():
+        problems.append(f"no adapter file {adapter}")
+        return
+    completion.adapter_sha256 = file_sha256(adapter)
+    if "reload" not in verification.not_applicable:
+        completion.adapter_verified_by = "reload check" if verification.reload.passed else None
+    elif cfg.quantization.method != "none":
+        completion.adapter_verified_by = "quantized merge check" if verification.merge.passed else None
+    else:  # LoftQ: the adapter needs its own quantized residual base; the file's hash is the proof kept
+        completion.adapter_verified_by = f"none: {verification.not_applicable['reload']}"

@@ -225,6 +225,11 @@ class RunStore:
                     continue
         return rows
 
+    def last_logged_step(self, key: str = "train/loss") -> int:
+        """The last optimizer step whose ``history.jsonl`` row has ``key`` (0: none yet), e.g.
+        how far a running run has trained."""
+        return max((row.get("step", 0) for row in self.read_history() if key in row), default=0)
+
     def write_jsonl(self, name: str, records: list[dict[str, Any]]) -> None:
         """Atomically write ``records`` as JSON lines to ``<run_dir>/<name>``."""
         if not self.writable:

@@ -40,14 +40,6 @@ def _cli(model, data, out, *extra):
             *RUN, *extra]
 
 
-def _steps_logged(run_dir: Path) -> int:
-    try:
-        rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return 0
-    return max((r.get("step", 0) for r in rows if "train/loss" in r), default=0)
-
-
 def _adapter(run_dir: Path) -> dict:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
@@ -83,10 +75,10 @@ def test_sigterm_saves_a_checkpoint_after_the_step_and_resume_is_bit_identical(
     proc = subprocess.Popen(_cli(tiny_bert_dir, tiny_sst2_dir, tmp_path, *extra), stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "first.log").open("w"), start_new_session=True)
     deadline = time.time() + 300
-    while _steps_logged(run_dir) < 6:
+    while RunStore(run_dir).last_logged_step() < 6:
         assert proc.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()
         time.sleep(0.02)
-    reached = _steps_logged(run_dir)
+    reached = RunStore(run_dir).last_logged_step()
     os.killpg(proc.pid, signum)
     sent = time.monotonic()
     assert proc.wait(timeout=60) == 128 + signum, (tmp_path / "first.log").read_text()
