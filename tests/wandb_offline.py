@@ -71,7 +71,15 @@ def defined_metrics(path: str | Path) -> list[tuple[str, str]]:
 
 
 def offline_run_log(directory: str | Path) -> Path:
-    """The ``run-*.wandb`` file of the only offline run under ``directory/wandb``."""
+    """The ``run-*.wandb`` file of the only offline run under ``directory/wandb``, complete.
+
+    wandb-core writes the log asynchronously: right after ``run.finish()`` returns it can still
+    hold only its 7-byte header (seen under load in the full suite). ``wandb.teardown()`` waits
+    for the service to exit, which flushes every open log; the next ``wandb.init`` starts a new
+    service."""
+    import wandb
+
+    wandb.teardown()
     logs = sorted(Path(directory, "wandb").glob("offline-run-*/run-*.wandb"))
     if len(logs) != 1:
         raise AssertionError(f"expected one offline run under {directory}/wandb, found {len(logs)}")
