@@ -1,12 +1,14 @@
 """loraexp overhead: the same model, data and optimizer steps through loraexp (every
 callback at its default cadence) and through a bare PEFT + Trainer script.
 
-Prints two wall-time ratios, loraexp / bare (median over alternating repeats):
+Prints two wall-time ratios, loraexp / bare (median over alternating repeats), each with its
+target and MET or MISSED:
 * training: the ``Trainer.train()`` call, which contains every loraexp callback (base
   fingerprints, gradient-flow checks, adapter statistics + factor SVD every 50 steps,
-  history) — target <= 1.05;
-* end to end: load, tokenize, train, evaluate, save — loraexp also runs the post-training
-  merge-equivalence and latency check, which the bare script does not.
+  history) — target <= 1.03;
+* end to end: load, tokenize, train, evaluate, save — loraexp also runs what the bare script
+  does not: the representation-drift probe, the adapter reload and merge-equivalence checks
+  (on 2 x 16 examples; latency timing is off by default) — target <= 1.10.
 
     LORAEXP_DATA_DIR=../shared/data .venv/bin/python benchmarks/overhead.py [--steps 100] [--repeats 2]
 """
@@ -25,6 +27,8 @@ import transformers
 from loraexp.config import build_config
 from loraexp.recipe import run_experiment
 
+TRAIN_TARGET = 1.03  # loraexp / bare, Trainer.train() wall time
+END_TO_END_TARGET = 1.10  # loraexp / bare, load to saved adapter
 TRAIN_SECONDS: list[float] = []
 _real_train = transformers.Trainer.train
 
@@ -105,9 +109,11 @@ def main() -> None:
     print(f"\nMiniLM + SST-2, {args.steps} optimizer steps x batch {cfg.training['per_device_train_batch_size']}, "
           f"median of {args.repeats}")
     print(f"training wall time: bare {med['bare'][0]:.1f} s, loraexp {med['loraexp'][0]:.1f} s, "
-          f"ratio {ratio_train:.3f} (target <= 1.05: {'MET' if ratio_train <= 1.05 else 'MISSED'})")
+          f"ratio {ratio_train:.3f} (target <= {TRAIN_TARGET}: {'MET' if ratio_train <= TRAIN_TARGET else 'MISSED'})")
     print(f"end-to-end wall time: bare {med['bare'][1]:.1f} s, loraexp {med['loraexp'][1]:.1f} s, "
-          f"ratio {ratio_e2e:.3f} (loraexp adds the merge check)")
+          f"ratio {ratio_e2e:.3f} (target <= {END_TO_END_TARGET}: "
+          f"{'MET' if ratio_e2e <= END_TO_END_TARGET else 'MISSED'}; loraexp adds the drift probe and the "
+          f"reload and merge checks)")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 The flags and their ``--help`` are generated from the config schema (:mod:`loraexp.schema`):
 every field whose metadata names a ``flag`` becomes one, with the field's help text, type,
 allowed values and default; every other field is reached with ``--set key=value``. Only
-:data:`TRAINING_FLAGS` (pass-through ``TrainingArguments`` fields) and the actions
-(``--resume``, ``--rerun``, ...) are declared here.
+:data:`TRAINING_FLAGS` (pass-through ``TrainingArguments`` fields), the ``--fast`` preset
+(:func:`loraexp.throughput.fast_overrides`) and the actions (``--resume``, ``--rerun``, ...)
+are declared here.
 
 Exit codes: 0 every run completed; 1 some run failed (recorded in its metrics.json);
 2 bad input (config, task, model, target modules, data files), found before any training.
@@ -25,6 +26,7 @@ from typing import Any
 from loraexp.errors import DiskFullError, LoraexpError
 from loraexp.preemption import Preempted
 from loraexp.schema import ExperimentConfig
+from loraexp.throughput import FAST_HELP
 
 # Pass-through TrainingArguments fields with a flag: flag -> (dotted key, type, help)
 TRAINING_FLAGS = {
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 default=None, metavar=_metavar(flag, f), help=text)
     for flag, (key, kind, text) in TRAINING_FLAGS.items():
         config.add_argument(flag, dest=key, type=kind, default=None, metavar="N", help=f"{text} [{key}]")
+    config.add_argument("--fast", action="store_true", help=f"{FAST_HELP} [training.bf16 or training.fp16]")
     actions = p.add_argument_group("actions")
     actions.add_argument("--resume", action="store_true",
                          help="Continue unfinished runs from their last checkpoint (adapter, optimizer, scheduler, "
@@ -120,6 +123,10 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     values = {key: getattr(args, key) for key in keys}
     if values.get("training.save_steps") is not None:
         values["training.save_strategy"] = "steps"
+    if getattr(args, "fast", False):
+        from loraexp.throughput import fast_overrides
+
+        values.update(fast_overrides())
     return values
 
 

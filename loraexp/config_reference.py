@@ -10,6 +10,7 @@ from typing import Any
 
 from loraexp.config import type_name
 from loraexp.schema import DEFAULT_LORA, DEFAULT_TRAINING, ExperimentConfig
+from loraexp.throughput import FAST_HELP
 
 HEADER = """# Configuration reference
 
@@ -74,4 +75,15 @@ def render_reference() -> str:
     lines += [f"| `training.{k}` | {_code(v)} |" for k, v in DEFAULT_TRAINING.items()]
     lines += ["", "Flags that set a `training` key: `--max-steps N` (`training.max_steps`) and "
               "`--save-steps N` (`training.save_steps`, with `training.save_strategy: steps`).", ""]
+    lines += ["## Throughput settings", "",
+              f"`--fast`: {FAST_HELP}", "",
+              "The knobs `benchmarks/throughput.py` measures side by side on the same run: `training.bf16` "
+              "(bf16 autocast; on a machine without a GPU loraexp sets `training.use_cpu`, which transformers needs "
+              "for it), `training.torch_compile` with `pad_to_multiple_of` (fewer batch shapes, fewer recompiles), "
+              "`training.train_sampling_strategy: group_by_length` (batches of similar length, less padding) and "
+              "`training.dataloader_num_workers`. A setting the device cannot do (fp16 or tf32 on the CPU, bf16 on a "
+              "GPU without it, `torch_compile` without a working compiler, liger-kernel or an optimizer's package not "
+              'installed) is refused before any model loads (docs/reliability.md, "Bad input"). The merge and reload '
+              "checks of a mixed-precision run compare in the weights' dtype "
+              '(docs/verification.md, "Mixed precision").', ""]
     return "\n".join(lines)

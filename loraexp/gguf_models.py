@@ -12,7 +12,6 @@ The cache lives in ``$LORAEXP_CACHE_DIR`` (default ``~/.cache/loraexp``), under
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -54,11 +53,12 @@ def packaged_file(package: str, filename: str, install_hint: str) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 (hex) of the file, hashed once per process and again only when its size or
+    modification time changes (:func:`~loraexp.data_fingerprint.file_sha256`): every run of
+    a sweep resolves the alias, several times."""
+    from loraexp.data_fingerprint import file_sha256
+
+    return file_sha256(path)
 
 
 def gguf_to_hf(gguf_path: str | Path, cache: str | Path | None = None) -> Path:

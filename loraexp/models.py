@@ -150,7 +150,7 @@ def load_model_config(name: str, trust_remote_code: bool = False):
 
 
 def load_model(name: str, task_type: str = SEQ_CLS, num_labels: int = 2, trust_remote_code: bool = False,
-               dtype=None, quantization_config=None):
+               dtype=None, quantization_config=None, tokenizer=None):
     """Load ``(model, tokenizer)`` with the auto class of ``task_type``
     (:data:`AUTO_MODEL_CLASSES`): a causal LM, a sequence classifier with ``num_labels``
     classes (0: no head to size), or an extractive QA model (a start/end head, ``qa_outputs``).
@@ -159,6 +159,8 @@ def load_model(name: str, task_type: str = SEQ_CLS, num_labels: int = 2, trust_r
         dtype: ``torch.dtype`` of the weights (None = float32 as stored by transformers' default).
         quantization_config: a ``transformers.BitsAndBytesConfig`` for a quantized base
             (see :mod:`loraexp.quantization`), or None.
+        tokenizer: the model's tokenizer, already loaded (:mod:`loraexp.base_cache`); None
+            loads it from the model's folder.
 
     A tokenizer without a pad token (Llama, GPT-2) gets its EOS token as pad, and the model
     config's ``pad_token_id`` is set so a classification head finds the last real token.
@@ -179,7 +181,8 @@ def load_model(name: str, task_type: str = SEQ_CLS, num_labels: int = 2, trust_r
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = auto_model_class(task_type).from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise ModelError(f"`model` {name!r} could not be loaded ({type(exc).__name__}: "

@@ -6,8 +6,8 @@ no weights, missing data files, an output directory that cannot be written or ho
 config), so those errors come back at once; then what needs transformers, PEFT, bitsandbytes or
 wandb (the model's config and its limits, reading the data whole, matching the target modules
 and reading the shapes of the layers the adapter would wrap on a weightless copy of the model,
-the quantization backend, W&B credentials). Value checks that need neither are in
-:mod:`loraexp.validation`.
+the quantization backend, the training settings the device can do, W&B credentials). Value
+checks that need neither are in :mod:`loraexp.validation`.
 """
 
 from __future__ import annotations
@@ -191,6 +191,22 @@ def _check_method_device(cfg: ExperimentConfig) -> None:
         raise ConfigError(problem)
 
 
+def _check_training_device(cfg: ExperimentConfig, skeleton) -> None:
+    """Every ``training`` setting can work on this machine
+    (:func:`~loraexp.throughput.training_device_problems`: fp16 on the CPU, bf16 or tf32 the
+    device cannot do, liger-kernel not installed, ``torch_compile`` whose compiler fails, an
+    optimizer transformers cannot build here, checked on the weightless ``skeleton``).
+
+    Raises:
+        ConfigError: every such setting, each naming the field, the value and what is allowed.
+    """
+    from loraexp.throughput import training_device_problems
+
+    problems = training_device_problems(cfg.training, model=skeleton, builds_optimizer=cfg.method != "lora-plus")
+    if problems:
+        raise ConfigError(problems)
+
+
 def _check_wandb_login(cfg: ExperimentConfig) -> None:
     """W&B online needs credentials, looked up by the installed wandb itself as ``wandb.init``
     does (``wandb.sdk.lib.wbauth.authenticate_session``, without prompting and without storing
@@ -263,7 +279,8 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path, rerun: 
     positions, target modules matching nothing, a ``lora`` mapping PEFT rejects,
     ``layers_to_transform`` outside the model's layers, ``r`` above a targeted layer's smaller
     dimension (equal to it: a logged warning), quantization the device's bitsandbytes backend
-    cannot do, W&B online without credentials the installed wandb accepts, a ``warm_start``
+    cannot do, a ``training`` setting the device cannot do (:func:`_check_training_device`),
+    W&B online without credentials the installed wandb accepts, a ``warm_start``
     directory without a readable LoRA adapter, output directory not writable or holding a
     different config under the same run name or a result trained on data files that changed
     since (unless ``rerun``).
@@ -309,6 +326,10 @@ def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path, rerun: 
         key = ("method", cfg.method)
         if key not in checked:
             _check_method_device(cfg)
+            checked.add(key)
+        key = ("training", cfg.model, task_type, cfg.method, repr(cfg.training))
+        if key not in checked:
+            _check_training_device(cfg, skeleton)
             checked.add(key)
         key = ("lora", cfg.model, task_type, cfg.method, repr(cfg.lora), repr(cfg.method_options))
         if is_lora(cfg.method) and key not in checked:

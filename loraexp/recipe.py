@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from loraexp import data_cache
+from loraexp.data_cache import select
 from loraexp.errors import NonFiniteError, VerificationError
 from loraexp.methods import is_lora as is_lora_method
 from loraexp.record import (
@@ -26,6 +28,8 @@ from loraexp.record import (
     STATUS_FAILED,
     STATUS_FAILED_VERIFICATION,
     STATUS_INTERRUPTED,
+    STATUS_PAUSED,
+    STATUS_PRUNED,
     STATUS_RUNNING,
     ConvergenceCheck,
     FrozenBaseCheck,
@@ -50,7 +54,8 @@ VERSIONED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets",
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, resume: bool = False,
-                   extra_callbacks: Sequence[Any] = (), start_over: bool = False) -> RunResult:
+                   extra_callbacks: Sequence[Any] = (), start_over: bool = False,
+                   until_step: int | None = None) -> RunResult:
     """Train, evaluate and verify one LoRA run; write its results under ``run_dir``.
 
     Args:
@@ -60,6 +65,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
             skipped (:func:`~loraexp.checkpoints.last_complete_checkpoint`).
         extra_callbacks: ``transformers.TrainerCallback`` objects added after loraexp's own.
         start_over: never continue an earlier attempt (``--rerun``), even an ``interrupted`` one.
+        until_step: a pruning rung (optimizer steps, below ``max_steps``): train up to it, save a
+            checkpoint, evaluate there and record the run ``paused`` with the evaluation appended
+            to ``rungs`` (no adapter saved, nothing verified yet); a later call continues from
+            that checkpoint (:mod:`loraexp.pruning`). None: train to the end.
 
     Under ``accelerate launch`` every process trains (DDP); only rank 0 writes files, logs to
     W&B and runs the merge check.
@@ -78,15 +87,18 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
 
     recipe = LoraRecipe(cfg, run_dir, run_name, extra_callbacks)
     recipe.start_over = start_over
+    recipe.until_step = until_step
     started = time.time()
     stopped: BaseException | None = None
     trace = None
     try:
         recipe.start(resume)
         for stage in (recipe.load_data, recipe.load_model, recipe.attach_adapter, recipe.build_trainer,
-                      recipe.evaluate_base_model, recipe.capture_probe_base, recipe.train_or_restore,
-                      recipe.evaluate, recipe.save_adapter, recipe.measure_drift, recipe.verify_merge,
-                      recipe.conclude):
+                      recipe.evaluate_base_model, recipe.capture_probe_base, recipe.train_or_restore):
+            recipe.stage = stage.__name__
+            stage()
+        for stage in ((recipe.pause_at_rung,) if recipe.at_rung else (
+                recipe.evaluate, recipe.save_adapter, recipe.measure_drift, recipe.verify_merge, recipe.conclude)):
             recipe.stage = stage.__name__
             stage()
     except (Preempted, Exception) as exc:  # recorded below; a failing run does not stop the sweep
@@ -119,29 +131,41 @@ def package_versions() -> dict[str, str]:
 
 def load_base(cfg: ExperimentConfig, task_type: str, num_labels: int, quantized: bool = True):
     """``(model, tokenizer)``: the base in ``cfg.model_dtype``, quantized per
-    ``cfg.quantization`` (and prepared for k-bit training) unless ``quantized`` is False.
+    ``cfg.quantization`` (and prepared for k-bit training) unless ``quantized`` is False. A
+    full-precision base loaded before in this process is not loaded again
+    (:mod:`loraexp.base_cache`).
 
     Raises:
         ModelError | ConfigError: see :func:`loraexp.models.load_model`.
     """
-    from loraexp.models import load_model
+    from loraexp import base_cache
     from loraexp.quantization import DTYPE_BY_NAME, bnb_config, prepare_for_training
 
     quantization = bnb_config(cfg.quantization) if quantized else None
-    model, tokenizer = load_model(cfg.model, task_type, num_labels, cfg.trust_remote_code,
-                                  dtype=DTYPE_BY_NAME[cfg.model_dtype], quantization_config=quantization)
+    model, tokenizer = base_cache.load(cfg.model, task_type, num_labels, cfg.trust_remote_code,
+                                       dtype=DTYPE_BY_NAME[cfg.model_dtype], quantization_config=quantization)
     if quantization is not None:
         model = prepare_for_training(model, cfg.quantization)
     return model, tokenizer
 
 
-def select(dataset, limit: int | None, seed: int | None = None):
-    """The first ``limit`` rows of ``dataset`` (shuffled with ``seed`` first, if given)."""
-    if limit is None or limit >= len(dataset):
-        return dataset
-    if seed is not None:
-        dataset = dataset.shuffle(seed=seed)
-    return dataset.select(range(limit))
+def trim_padding(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` without the trailing columns that are padding in every row
+    (``attention_mask`` 0): rows cut from a batch padded to a longer row keep only what they
+    need, so a check's forward passes cost less; no real position's output changes (its
+    attention never reaches those columns). Left-padded batches and batches without an
+    ``attention_mask`` are returned as they are.
+
+    Args:
+        batch: ``(rows, seq)`` tensors (and any others, left alone).
+    """
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2 or not mask.shape[1] or bool(mask[:, -1].any()):
+        return batch
+    real = mask.any(0).nonzero()
+    length = int(real.max()) + 1 if len(real) else 1
+    seq = mask.shape[1]
+    return {k: v[:, :length] if v.dim() >= 2 and v.shape[1] == seq else v for k, v in batch.items()}
 
 
 class LoraRecipe:
@@ -173,6 +197,8 @@ class LoraRecipe:
         self.stage = "start"  # the stage running now (recorded when a signal stops the run)
         self.trainer = None
         self.start_over = False  # --rerun: never continue an earlier attempt
+        self.until_step: int | None = None  # a pruning rung to stop at (run_experiment's until_step)
+        self.at_rung = False  # training stopped at until_step
 
     # -- stages --------------------------------------------------------------------------
     def start(self, resume: bool) -> None:
@@ -187,8 +213,9 @@ class LoraRecipe:
         self.data_fingerprint = data_fingerprint(self.cfg.task, self.cfg.resolved_data_dir())
         self.record.resolved = Resolved(data_fingerprint=self.data_fingerprint)
         self.previous = self.store.read_record()
-        if self.previous is not None and self.previous.status == STATUS_INTERRUPTED and not self.start_over:
-            resume = True  # stopped gracefully by a signal: continue from its checkpoint
+        if (self.previous is not None and self.previous.status in (STATUS_INTERRUPTED, STATUS_PAUSED, STATUS_PRUNED)
+                and not self.start_over):
+            resume = True  # stopped with a checkpoint (a signal, a pruning rung): continue from it
         elif self.previous is not None and self.previous.status == STATUS_RUNNING:
             logger.warning("run %s: an earlier attempt ended without a record (killed, or the disk was full)%s",
                            self.record.run_name, "; resuming from its last complete checkpoint" if resume else
@@ -202,6 +229,8 @@ class LoraRecipe:
             logger.info("run %s: starting over, removing the checkpoints of an earlier attempt", self.record.run_name)
             shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
         self.record.resumed_from = self.checkpoint
+        if self.checkpoint and self.previous is not None:  # the rungs up to the checkpoint stay evaluated
+            self.record.rungs = [r for r in self.previous.rungs if r["step"] <= checkpoint_step(self.checkpoint)]
         logger.debug("training run %s in process %d%s", self.record.run_name, os.getpid(),
                      f", resuming from {self.checkpoint}" if self.checkpoint else "")
         self.store.write_config(self.record.config)
@@ -217,7 +246,8 @@ class LoraRecipe:
 
     def load_data(self) -> None:
         """Seed, pick the task's form for the model, and load both splits (the training split
-        subsampled with ``data_seed``, the same examples for every run of a sweep)."""
+        subsampled with ``data_seed``, the same examples for every run of a sweep; read once
+        per process for the runs that share them, :mod:`loraexp.data_cache`)."""
         from transformers import set_seed
 
         from loraexp.models import load_model_config, model_task_type
@@ -227,18 +257,19 @@ class LoraRecipe:
         set_seed(cfg.seed)
         self.task = configured_task(cfg, model_task_type(load_model_config(cfg.model, cfg.trust_remote_code)))
         self.data_dir = cfg.resolved_data_dir()
-        self.train_split = select(self.task.load_split("train", self.data_dir), cfg.max_train_samples,
-                                  seed=cfg.data_seed)
-        self.eval_split = self.task.load_split("validation", self.data_dir)
-        if self.task.windows_per_example:  # max_eval_samples counts examples, not their windows
-            self.eval_split = select(self.eval_split, cfg.max_eval_samples)
+        self.train_split = data_cache.rows(self.task, "train", self.data_dir, self.data_fingerprint,
+                                           cfg.max_train_samples, seed=cfg.data_seed)
+        # max_eval_samples counts examples, not their windows
+        self.eval_split = data_cache.rows(self.task, "validation", self.data_dir, self.data_fingerprint,
+                                          cfg.max_eval_samples if self.task.windows_per_example else None)
 
     def load_model(self) -> None:
-        """Load the base (quantized if asked) and tokenize both splits."""
+        """Load the base (quantized if asked; :mod:`loraexp.base_cache`) and tokenize both splits
+        (once per process for the runs that share data and tokenizer, :mod:`loraexp.data_cache`)."""
         cfg = self.cfg
         self.model, self.tokenizer = load_base(cfg, self.task.task_type, self.task.num_labels)
-        self.train_data = self.task.tokenize(self.train_split, self.tokenizer, cfg.max_seq_length)
-        self.eval_data = self.task.tokenize(self.eval_split, self.tokenizer, cfg.max_seq_length)
+        self.train_data = data_cache.tokenized(self.task, self.train_split, self.tokenizer, cfg.max_seq_length)
+        self.eval_data = data_cache.tokenized(self.task, self.eval_split, self.tokenizer, cfg.max_seq_length)
         if not self.task.windows_per_example:
             self.eval_data = select(self.eval_data, cfg.max_eval_samples)
 
@@ -308,7 +339,7 @@ class LoraRecipe:
 
         batches = []
         loader = DataLoader(self.train_data, batch_size=self.cfg.training.get("per_device_train_batch_size", 8),
-                            collate_fn=self.task.collator(self.tokenizer))
+                            collate_fn=self.task.collator(self.tokenizer, self.cfg.pad_to_multiple_of))
         for batch in loader:
             batches.append({k: v.to(self.tuned_model.device) for k, v in batch.items() if k != "labels"})
             if len(batches) == self.cfg.method_options.eva_batches:
@@ -343,6 +374,8 @@ class LoraRecipe:
         self.callbacks["final_checkpoint"] = cb.FinalCheckpointCallback()
         if cfg.sweep.checkpoint_minutes and world_size() == 1:  # ranks' clocks would disagree on the step
             self.callbacks["timed_checkpoint"] = cb.TimedCheckpointCallback(60.0 * cfg.sweep.checkpoint_minutes)
+        if self.until_step is not None:
+            self.callbacks["rung_stop"] = cb.RungStopCallback(self.until_step)
         if self.guard is not None:
             self.callbacks["stop_on_signal"] = cb.StopOnSignalCallback(self.guard)
             self.training = {**self.training, "enable_jit_checkpoint": False}  # loraexp's handler does its job
@@ -352,7 +385,8 @@ class LoraRecipe:
                                  run_name=record.run_name, include_num_input_tokens_seen="non_padding",
                                  **self.training)
         self.trainer = Trainer(model=self.tuned_model, args=args, train_dataset=self.train_data,
-                               eval_dataset=self.eval_data, data_collator=self.task.collator(self.tokenizer),
+                               eval_dataset=self.eval_data,
+                               data_collator=self.task.collator(self.tokenizer, cfg.pad_to_multiple_of),
                                callbacks=[*self.callbacks.values(), *self.extra_callbacks],
                                optimizers=(optimizer, None),
                                **self.task.trainer_metrics(self.tokenizer))
@@ -406,7 +440,21 @@ class LoraRecipe:
                 self.guard.raise_if_signalled()  # training stopped for it, after saving a checkpoint
             self.record.completion.planned_steps = self.trainer.state.max_steps
             self.record.completion.trained_steps = self.trainer.state.global_step
+            self.at_rung = self.until_step is not None and self.until_step <= self.trainer.state.global_step < (
+                self.trainer.state.max_steps)
         self.record.training_efficiency = {**self.callbacks["efficiency"].result, **weight_bytes(self.tuned_model)}
+
+    def pause_at_rung(self) -> None:
+        """Training stopped at the pruning rung :attr:`until_step` (a checkpoint saved there):
+        evaluate on the eval split (no ``predictions.npz``), append ``{"step", "eval"}`` to
+        ``rungs`` and record the run ``paused``, naming the checkpoint the next rung continues."""
+        from loraexp.checkpoints import last_complete_checkpoint
+
+        step = self.trainer.state.global_step
+        self.record.rungs.append({"step": step, "eval": self.evaluate_as("eval")})
+        self.collect_verification()
+        self.record.last_checkpoint = last_complete_checkpoint(self.checkpoints_dir, remove_incomplete=False)
+        self.record.status = STATUS_PAUSED
 
     def evaluate(self) -> None:
         """Evaluate the trained model on the eval split, keeping its per-example scores in
@@ -576,7 +624,7 @@ class LoraRecipe:
         self.store.release_space()
         try:
             self.tracker.summary(self.record.wandb_summary())
-            self.tracker.finish(exit_code=0 if self.record.status == STATUS_COMPLETED else 1)
+            self.tracker.finish(exit_code=0 if self.record.status in (STATUS_COMPLETED, STATUS_PAUSED) else 1)
         except Exception as exc:  # the tracker's own failure must not end the sweep
             logger.error("run %s: the tracker failed: %s", self.record.run_name, exc)
 
@@ -670,12 +718,15 @@ class LoraRecipe:
         progress bar (``disable_tqdm: false``); ``save_total_limit``
         :data:`DEFAULT_SAVE_TOTAL_LIMIT`; the task's own defaults
         (:meth:`~loraexp.tasks.base.Task.training_defaults`); paged 8-bit AdamW for a quantized
-        base on CUDA; ``use_cpu`` for DDP on CPU (else transformers runs each process alone)."""
+        base on CUDA; ``use_cpu`` for DDP on CPU (else transformers runs each process alone) and
+        for bf16 on a machine without a GPU (:func:`~loraexp.throughput.needs_use_cpu`: then bf16
+        autocast on the CPU; else transformers refuses bf16)."""
         import torch
 
         from loraexp.distributed import needs_cpu_ddp
         from loraexp.methods import full_learning_rate, is_lora
         from loraexp.quantization import default_optimizer
+        from loraexp.throughput import needs_use_cpu
 
         training = {"disable_tqdm": False,  # the Trainer's bar; without this it follows transformers' log level
                     **self.task.training_defaults(), **self.cfg.training}
@@ -684,7 +735,7 @@ class LoraRecipe:
         optimizer = default_optimizer(self.cfg.quantization, torch.cuda.is_available())
         if optimizer:
             training.setdefault("optim", optimizer)
-        if needs_cpu_ddp():
+        if needs_cpu_ddp() or needs_use_cpu(training, torch.accelerator.is_available()):
             training.setdefault("use_cpu", True)
         training.setdefault("save_total_limit", DEFAULT_SAVE_TOTAL_LIMIT)
         return training
@@ -724,17 +775,20 @@ class LoraRecipe:
 
     def check_batches(self) -> list[dict[str, Any]]:
         """The eval batches the reload and merge checks compare on
-        (``verification.merge_eval_batches``, cut to the task's ``merge_check_rows``), taken once."""
+        (``verification.merge_eval_batches``, cut to the task's ``merge_check_rows`` and to
+        their longest row), taken once."""
         if self._check_batches is None:
             self._check_batches = self.eval_batches(self.cfg.verification.merge_eval_batches,
                                                     self.task.merge_check_rows)
         return self._check_batches
 
     def eval_batches(self, count: int, max_rows: int | None) -> list[dict[str, Any]]:
-        """The first ``count`` eval batches without labels, each cut to ``max_rows`` rows."""
+        """The first ``count`` eval batches without labels, each cut to ``max_rows`` rows
+        (:func:`trim_padding`: and to the longest of those rows)."""
         batches = []
         for batch in self.trainer.get_eval_dataloader():
-            batches.append({k: v[:max_rows].to(self.tuned_model.device) for k, v in batch.items() if k != "labels"})
+            rows = trim_padding({k: v[:max_rows] for k, v in batch.items() if k != "labels"})
+            batches.append({k: v.to(self.tuned_model.device) for k, v in rows.items()})
             if len(batches) == count:
                 break
         return batches

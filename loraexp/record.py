@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 # 1: untyped (flat verification keys); 2: typed, LoRA checks only; 3: run types, reload check;
-# 4: representation_drift; 5: convergence; 6: completion, interruption, data fingerprint
-SCHEMA_VERSION = 6
+# 4: representation_drift; 5: convergence; 6: completion, interruption, data fingerprint;
+# 7: rungs, pruning (statuses paused, pruned)
+SCHEMA_VERSION = 7
 
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
@@ -24,6 +25,8 @@ STATUS_RUNNING = "running"
 STATUS_INTERRUPTED = "interrupted"  # stopped by SIGTERM/SIGINT after a checkpoint; --resume continues it
 STATUS_SKIPPED = "skipped"  # completed earlier; not run again
 STATUS_BUSY = "busy"  # being trained by another process right now; not run here
+STATUS_PAUSED = "paused"  # trained to a pruning rung and evaluated there; the next rung continues its checkpoint
+STATUS_PRUNED = "pruned"  # stopped at a rung by the sweep's pruner; a sweep without a pruner continues it
 
 
 @dataclass
@@ -222,6 +225,23 @@ class Interruption:
 
 
 @dataclass
+class Pruning:
+    """Why a run was stopped at a rung (:mod:`loraexp.pruning`): ``pruner`` (successive-halving
+    | hyperband), the rung's index and ``step`` (optimizer steps), ``metric`` and this run's
+    ``value`` there, ``configuration_value``: what the pruner compared (the mean over the
+    configuration's seeds), ``trial``: the Optuna trial number, ``decided_at``: ISO 8601 time."""
+
+    pruner: str
+    rung: int
+    step: int
+    metric: str
+    value: float | None
+    configuration_value: float | None
+    trial: int | None = None
+    decided_at: str | None = None
+
+
+@dataclass
 class Resolved:
     """What the config resolved to when the run started: model path, objective (a
     ``peft.TaskType`` value), PEFT's target modules, data source, fingerprint
@@ -253,7 +273,9 @@ class RunRecord:
     ``training_efficiency``: :class:`~loraexp.callbacks.efficiency.EfficiencyCallback` figures
     and weight bytes; ``eval``/``base_eval``: metrics of the trained / base model without
     the ``eval_`` prefix; ``lora_rank``: means over modules of the rank metrics;
-    ``adapter_statistics``: per-module statistics at train end; ``representation_drift``: linear
+    ``adapter_statistics``: per-module statistics at train end; ``rungs``: the evaluations at
+    pruning rungs (``{"step": optimizer step, "eval": metrics}``); ``pruning``: why a ``pruned``
+    run stopped (:class:`Pruning`); ``representation_drift``: linear
     CKA per layer between the base and the trained model on the probe examples
     (:mod:`loraexp.analysis.cka`; empty when not measured); ``wall_seconds``: the whole run,
     seconds.
@@ -285,6 +307,8 @@ class RunRecord:
     last_checkpoint: str | None = None
     completion: Completion = field(default_factory=Completion)
     interruption: Interruption | None = None
+    rungs: list[dict[str, Any]] = field(default_factory=list)
+    pruning: Pruning | None = None
     wall_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -312,6 +336,9 @@ class RunRecord:
         interruption = data.get("interruption")
         kwargs["interruption"] = (_build(Interruption, interruption)
                                   if isinstance(interruption, dict) and "signal" in interruption else None)
+        pruning = data.get("pruning")
+        kwargs["pruning"] = _build(Pruning, pruning) if isinstance(pruning, dict) and "step" in pruning else None
+        kwargs["rungs"] = [r for r in data.get("rungs") or [] if isinstance(r, dict) and "step" in r]
         ver = data.get("verification") or {}
         if not isinstance(ver.get("merge"), dict):  # schema 1: one flat mapping of every check's figures
             ver = {"frozen_base": _legacy(ver, "frozen_base"), "grad_flow": _legacy(ver, "grad_flow"),
@@ -355,7 +382,8 @@ class RunRecord:
 @dataclass
 class RunResult:
     """Outcome of one run: ``status`` is completed | failed | failed_verification | interrupted
-    (stopped by a signal) | skipped (completed earlier) | busy (being trained by another process); ``record`` what its
+    (stopped by a signal) | paused (at a pruning rung) | pruned |
+    skipped (completed earlier) | busy (being trained by another process); ``record`` what its
     ``metrics.json`` holds (None when there is none)."""
 
     run_name: str

@@ -25,18 +25,55 @@ def rng_untouched():
     return torch.random.fork_rng(devices=devices)
 
 
-def probe_batches(loader: Iterable[dict[str, Any]], wanted: int, device) -> list[dict[str, Any]]:
-    """The batches of ``loader`` (without labels) holding its first ``wanted`` examples, on
-    ``device``; fewer when the loader has fewer."""
-    batches, rows = [], 0
+# Rows per probe batch after regrouping by length (regroup_by_length): a 128-example SST-2 eval batch
+# is padded to its longest row (~55 tokens) while its rows average ~25; in four groups of 32 the
+# forward passes compute ~45% fewer positions.
+PROBE_BATCH_ROWS = 32
+
+
+def probe_batches(loader: Iterable[dict[str, Any]], wanted: int, device,
+                  rows: int = PROBE_BATCH_ROWS) -> list[dict[str, Any]]:
+    """The first ``wanted`` examples of ``loader`` (without labels) on ``device``, fewer when
+    the loader has fewer; the rows of each loader batch regrouped by length into batches of
+    at most ``rows`` rows (:func:`regroup_by_length`). The pooled states leave padding out and
+    CKA does not depend on the order of the examples (the same for both models), so the
+    figures are those of the loader's batches, up to float rounding, at less cost."""
+    batches, taken = [], 0
     with rng_untouched():
         for batch in loader:
-            take = min(wanted - rows, len(batch["input_ids"]))
-            batches.append({k: v[:take].to(device) for k, v in batch.items() if k != "labels"})
-            rows += take
-            if rows == wanted:
+            take = min(wanted - taken, len(batch["input_ids"]))
+            cut = {k: v[:take] for k, v in batch.items() if k != "labels"}
+            batches += [{k: v.to(device) for k, v in part.items()} for part in regroup_by_length(cut, rows)]
+            taken += take
+            if taken == wanted:
                 break
     return batches
+
+
+def regroup_by_length(batch: dict[str, Any], rows: int) -> list[dict[str, Any]]:
+    """``batch`` split into batches of at most ``rows`` rows of similar length (sorted by their
+    number of real tokens, ties in order), each without the padding columns all its rows have
+    at the end. A batch that is not right-padded, or has no ``attention_mask``, is returned
+    whole (its columns carry positions).
+
+    Args:
+        batch: ``(n, seq)`` tensors (and any others with ``n`` rows first).
+    """
+    import torch
+
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2 or bool((mask[:, 1:] > mask[:, :-1]).any()):
+        return [batch]
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, stable=True)
+    seq = mask.shape[1]
+    parts = []
+    for start in range(0, len(order), rows):
+        index = order[start:start + rows]
+        length = max(int(lengths[index].max()), 1)
+        parts.append({k: v[index][:, :length] if v.dim() >= 2 and v.shape[1] == seq else v[index]
+                      for k, v in batch.items()})
+    return parts
 
 
 class DriftProbe:

@@ -23,6 +23,8 @@ from loraexp.record import (
     STATUS_BUSY,
     STATUS_COMPLETED,
     STATUS_INTERRUPTED,
+    STATUS_PAUSED,
+    STATUS_PRUNED,
     STATUS_SKIPPED,
     RunRecord,
     RunResult,
@@ -49,7 +51,8 @@ class SweepResult:
 
     @property
     def all_completed(self) -> bool:
-        return all(r.status in (STATUS_COMPLETED, STATUS_SKIPPED) for r in self.runs)
+        """Every run ended as planned: completed (now or earlier) or pruned by the sweep's pruner."""
+        return all(r.status in (STATUS_COMPLETED, STATUS_SKIPPED, STATUS_PRUNED) for r in self.runs)
 
 
 def outcome_line(record: RunRecord | None, status: str, metric: str) -> str:
@@ -61,7 +64,7 @@ def outcome_line(record: RunRecord | None, status: str, metric: str) -> str:
             parts.append(f"{metric} {record.eval[metric]:.4g}")
         if record.wall_seconds is not None:
             parts.append(f"{record.wall_seconds:.0f} s")
-        if record.verification.observed:
+        if record.verification.observed and status not in (STATUS_PAUSED, STATUS_PRUNED):  # checked at the end
             parts.append("verification " + ("passed" if record.verification.passed else "failed"))
         if record.error and record.status != STATUS_COMPLETED:
             parts.append(record.error.splitlines()[0][:160])
@@ -69,7 +72,8 @@ def outcome_line(record: RunRecord | None, status: str, metric: str) -> str:
 
 
 def run_unless_done(name: str, cfg: ExperimentConfig, sweep_dir: Path, rerun: bool = False, resume: bool = False,
-                    extra_callbacks: Sequence[Any] = (), label: str | None = None) -> RunResult:
+                    extra_callbacks: Sequence[Any] = (), label: str | None = None,
+                    until_step: int | None = None) -> RunResult:
     """Run ``cfg`` as ``<sweep_dir>/<name>`` unless it is already completed (status
     ``skipped``; ``rerun`` runs it again) or another process holds its lock (status ``busy``).
 
@@ -78,7 +82,8 @@ def run_unless_done(name: str, cfg: ExperimentConfig, sweep_dir: Path, rerun: bo
     the lock, :func:`loraexp.run_state.decide` checks what is on disk: the directory's config
     identity, the data fingerprint and the completed run's files. Under ``accelerate launch``
     rank 0 decides and every rank follows. ``label`` (default: the name) starts the console
-    line logged when the run starts.
+    line logged when the run starts. ``until_step``: train only up to that pruning rung
+    (:func:`loraexp.recipe.run_experiment`).
 
     Raises:
         ConfigError: the run directory holds another config, or a result trained on data
@@ -113,7 +118,7 @@ def run_unless_done(name: str, cfg: ExperimentConfig, sweep_dir: Path, rerun: bo
         if decision == "run":
             logger.info("%s: started", label or name)
             return run_experiment(cfg, store.run_dir, name, resume=resume and not rerun,
-                                  extra_callbacks=extra_callbacks, start_over=rerun)
+                                  extra_callbacks=extra_callbacks, start_over=rerun, until_step=until_step)
     status = STATUS_BUSY if decision == "busy" else STATUS_SKIPPED
     return RunResult(name, store.run_dir, status, store.read_record())
 
@@ -143,13 +148,18 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True,
 
     runs = expand(cfg)
     sweep_dir = Path(cfg.output_dir) / sweep_name(cfg)
+    if cfg.sweep.pruner != "none":
+        from loraexp import pruning
+
+        pruning.check_prunable(pruning.configurations(runs, cfg.sweep.baseline), cfg)
     with preemption.guard():
         preflight(runs, sweep_dir, rerun=rerun)
         metric, direction = objective(cfg)
         results: list[RunResult] = []
+        run_all = _run_pruned if cfg.sweep.pruner != "none" else _run_each
         try:
-            _run_each(runs, sweep_dir, results, metric, rerun=rerun, resume=resume, progress=progress,
-                      extra_callbacks=extra_callbacks)
+            run_all(runs, sweep_dir, results, metric, rerun=rerun, resume=resume, progress=progress,
+                    extra_callbacks=extra_callbacks, cfg=cfg)
         except (preemption.Preempted, DiskFullError):
             _write_summary(cfg, sweep_dir, runs, metric, best_effort=True)
             raise
@@ -171,13 +181,12 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True,
 
 
 def _run_each(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path, results: list[RunResult], metric: str,
-              rerun: bool, resume: bool, progress: bool, extra_callbacks: Sequence[Any]) -> None:
+              rerun: bool, resume: bool, progress: bool, extra_callbacks: Sequence[Any],
+              cfg: ExperimentConfig | None = None) -> None:
     """Run the sweep's runs in order, appending each result to ``results``; stop at a run
     interrupted by a signal (raising :class:`~loraexp.preemption.Preempted`) or failed for a
     full disk (raising :class:`~loraexp.errors.DiskFullError`)."""
     from tqdm.auto import tqdm
-
-    from loraexp.preemption import Preempted
 
     bar = tqdm(runs, desc=f"sweep {sweep_dir.name}", unit="run", position=0, dynamic_ncols=True,
                disable=not progress or not is_main_process())
@@ -187,18 +196,64 @@ def _run_each(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path, results
             result = run_unless_done(name, run_cfg, sweep_dir, rerun=rerun, resume=resume,
                                      extra_callbacks=extra_callbacks, label=where)
             results.append(result)
-            if result.status == STATUS_SKIPPED:
-                logger.info("%s: skipped, already completed", where)
-            elif result.status == STATUS_BUSY:
-                logger.warning("%s: skipped, another process is training it", where)
-            else:
-                logger.info("%s: %s", where, outcome_line(result.record, result.status, metric))
-            if result.status == STATUS_INTERRUPTED:
-                raise Preempted(result.record.interruption.signal_number)
-            if result.record is not None and (result.record.error or "").startswith("disk full"):
-                raise DiskFullError(str(sweep_dir), free_bytes(sweep_dir), name)
+            _report_outcome(result, where, sweep_dir, metric)
     finally:
         bar.close()
+
+
+def _report_outcome(result: RunResult, where: str, sweep_dir: Path, metric: str) -> None:
+    """Log how a run ended; stop the sweep (raise) when a signal interrupted it or the disk is full.
+
+    Raises:
+        Preempted: the run was interrupted by SIGTERM/SIGINT (its checkpoint is saved).
+        DiskFullError: the run failed for a full disk.
+    """
+    from loraexp.preemption import Preempted
+
+    if result.status == STATUS_SKIPPED:
+        logger.info("%s: skipped, already completed", where)
+    elif result.status == STATUS_BUSY:
+        logger.warning("%s: skipped, another process is training it", where)
+    else:
+        logger.info("%s: %s", where, outcome_line(result.record, result.status, metric))
+    if result.status == STATUS_INTERRUPTED:
+        raise Preempted(result.record.interruption.signal_number)
+    if result.record is not None and (result.record.error or "").startswith("disk full"):
+        raise DiskFullError(str(sweep_dir), free_bytes(sweep_dir), result.run_name)
+
+
+def _run_pruned(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path, results: list[RunResult], metric: str,
+                rerun: bool, resume: bool, progress: bool, extra_callbacks: Sequence[Any],
+                cfg: ExperimentConfig) -> None:
+    """The sweep's configurations as trials of an in-memory Optuna study with
+    ``cfg.sweep.pruner`` (:mod:`loraexp.pruning`), one after another, each trained rung by
+    rung; ``results`` gets each run's latest result. A rerun replays the recorded rungs."""
+    import optuna
+
+    from loraexp import pruning
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # loraexp logs each decision itself
+    study = optuna.create_study(direction=objective(cfg)[1], pruner=pruning.make_pruner(cfg))
+    confs = pruning.trial_order(pruning.configurations(runs, cfg.sweep.baseline), cfg.seed)
+    steps = pruning.rung_steps(cfg.training["max_steps"], cfg.sweep.reduction_factor, cfg.sweep.min_resource)
+    logger.info("%s: %d configurations, %s at rungs %s optimizer steps", sweep_dir.name, len(confs),
+                cfg.sweep.pruner, ", ".join(map(str, steps)))
+    for index, conf in enumerate(confs, start=1):
+        where = f"[{index}/{len(confs)}]"
+
+        def advance(name: str, run_cfg: ExperimentConfig, until_step: int | None, start_over: bool,
+                    where: str = where) -> RunResult:
+            label = f"{where} {name}" + (f" (to step {until_step})" if until_step else "")
+            result = run_unless_done(name, run_cfg, sweep_dir, rerun=start_over, resume=True,
+                                     extra_callbacks=extra_callbacks, label=label, until_step=until_step)
+            _report_outcome(result, label, sweep_dir, metric)
+            return result
+
+        trial = study.ask()
+        outcome = pruning.run_configuration(trial, conf, cfg, sweep_dir, metric, advance, rerun=rerun,
+                                            label=f"{where} ")
+        pruning.tell(study, trial, outcome)
+        results.extend(outcome.results)
 
 
 def _check_identities(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path) -> None:

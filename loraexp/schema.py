@@ -28,6 +28,10 @@ RESERVED_TRAINING_KEYS = ("output_dir", "seed", "report_to", "run_name")
 # run's identity (adding --save-steps to a sweep with finished runs must not make them other runs).
 CHECKPOINT_TRAINING_KEYS = ("save_strategy", "save_steps", "save_total_limit", "enable_jit_checkpoint",
                             "save_only_model", "save_on_each_node")
+# Settings of the post-training checks that decide only what a check costs (how many batches it
+# compares on, whether latency is timed), not what the run trains: each counts in a run's identity
+# with the value run ids were first made with, whatever it is set to.
+COST_VERIFICATION_KEYS: dict[str, Any] = {"merge_eval_batches": 2, "latency_repeats": 1}
 # Fields that would put a secret into config.yaml / metrics.json / W&B config.
 SECRET_TRAINING_KEYS = ("hub_token",)
 
@@ -128,10 +132,13 @@ class VerificationConfig:
     quantized_merge_atol: float = _help(
         "Quantized base: max |probability difference| between the merged full-precision model and the "
         "full-precision adapter model; 1e-2 is PEFT's tolerance for quantized merges.", default=1e-2)
-    merge_eval_batches: int = _help("Number of eval batches used by the merge-equivalence check.",
-                                    default=2)
-    latency_repeats: int = _help("Timed forward passes over those batches for merged-vs-adapter latency.",
-                                 default=1)
+    merge_eval_batches: int = _help(
+        "Number of eval batches the reload and merge-equivalence checks compare on (each cut to the task's "
+        "rows per check batch: 16 for classification, 16 windows for squad_v2, 8 blocks for a causal LM). Decides "
+        "what the check costs, not the run's result: not part of a run's identity.", default=2)
+    latency_repeats: int = _help(
+        "Timed forward passes over those batches for merged-vs-adapter latency (adapter_latency_s, "
+        "merged_latency_s); 0: not measured (null in metrics.json). Not part of a run's identity.", default=0)
     min_loss_decrease: float | None = _help(
         "Convergence check, percent: the mean training loss of the last logging window must be at least this much "
         "below that of the first (windows of training.logging_steps steps); null: off, loss_decrease_pct is "
@@ -269,6 +276,18 @@ class SweepConfig:
         "Optuna: a RUNNING trial older than this (seconds) whose run is not being trained (its run lock is free) "
         "and never finished is taken over and resumed from its checkpoint (its worker was killed).",
         default=600.0)
+    pruner: str = _help(
+        "Stop configurations that are behind early: none | successive-halving | hyperband (Optuna's "
+        "SuccessiveHalvingPruner / HyperbandPruner, asynchronous successive halving; docs/pruning.md). Runs are "
+        "evaluated at rungs min_resource * reduction_factor**k optimizer steps, a configuration's value at a rung is "
+        "its eval metric averaged over its seeds, and a pruned configuration's runs are recorded `pruned`.",
+        choices=("none", "successive-halving", "hyperband"), flag="--prune", default="none")
+    reduction_factor: int = _help(
+        "Pruning: eta, the factor between rungs; at each rung about 1/eta of the configurations go on.",
+        flag="--reduction-factor", default=3)
+    min_resource: int | None = _help(
+        "Pruning: the first rung, in optimizer steps; None: max_steps // reduction_factor**2 (three rungs).",
+        flag="--min-resource", default=None)
     metric: str | None = _help("Metric the Optuna study and an exported W&B sweep optimise, an eval key "
                                "(accuracy, f1, loss, perplexity, exact_match, exact); None: accuracy for "
                                "classification, f1 for squad_v2, loss for causal LMs.", default=None)
@@ -309,6 +328,11 @@ class ExperimentConfig:
                                          flag="--max-eval-samples", default=None)
     max_seq_length: int = _help("Tokenizer truncation length, in tokens (block length of packed language "
                                 "modelling).", default=128)
+    pad_to_multiple_of: int | None = _help(
+        "Pad each batch to its longest row rounded up to a multiple of this many tokens (it must divide "
+        "max_seq_length); null: to the longest row. Fewer distinct batch shapes let training.torch_compile reuse "
+        "its compiled graphs instead of recompiling. The attention mask hides the padding (same outputs), but "
+        "dropout draws its random masks over the padded shape, so training takes another path.", default=None)
     warm_start: str | None = _help(
         "Start the adapter (lora_A, lora_B and a trained head) from the adapter_model.safetensors of this "
         "checkpoint or adapter directory instead of PEFT's initialisation; the optimizer and the schedule start "
@@ -339,10 +363,14 @@ class ExperimentConfig:
     def identity(self) -> dict[str, Any]:
         """The part of the config that defines the run's result: everything except where files
         go and how they are logged (``output_dir``, ``data_dir``, ``tracking``, ``sweep``); the
-        ``qa`` section only for ``squad_v2``; ``verification.min_loss_decrease`` and
-        ``warm_start`` only when set. When checkpoints are saved does not change the result:
-        the :data:`CHECKPOINT_TRAINING_KEYS` count with their default values whatever they are
-        (the data files' fingerprint is compared separately, :mod:`loraexp.run_state`).
+        ``qa`` section only for ``squad_v2``; ``verification.min_loss_decrease``,
+        ``warm_start`` and ``pad_to_multiple_of`` only when set (padding changes dropout's
+        masks). When checkpoints are saved does not change the result: the
+        :data:`CHECKPOINT_TRAINING_KEYS` count with their default values whatever they are
+        (the data files' fingerprint is compared separately, :mod:`loraexp.run_state`); nor
+        does what the post-training checks cost: the :data:`COST_VERIFICATION_KEYS` count with
+        the values run ids were first made with (``latency_repeats`` 1, the default before
+        latency timing became opt-in).
 
         Only what the method uses counts: full fine-tuning drops ``lora`` (so the baseline of a
         rank ablation is the same run as that of a method ablation); ``method`` and
@@ -355,8 +383,11 @@ class ExperimentConfig:
             d.pop("qa")
         if self.verification.min_loss_decrease is None:  # off: the run ids of loraexp before the check
             d["verification"].pop("min_loss_decrease")
+        d["verification"].update(COST_VERIFICATION_KEYS)
         if self.warm_start is None:
             d.pop("warm_start")
+        if self.pad_to_multiple_of is None:  # off: the run ids of loraexp before the field
+            d.pop("pad_to_multiple_of")
         for key in CHECKPOINT_TRAINING_KEYS:
             if key in d["training"]:
                 if key in DEFAULT_TRAINING:

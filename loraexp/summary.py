@@ -16,6 +16,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from loraexp.pruning import pruning_markdown
 from loraexp.record import RunRecord
 from loraexp.storage import RunStore, atomic_write_text
 
@@ -101,6 +102,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("quantization_gap", lambda r: r.verification.merge.quantization_gap_max_abs_diff),
     Column("verification", _verification),
     Column("train_seconds", lambda r: r.training_efficiency.get("train_seconds")),
+    Column("trained_steps", lambda r: r.completion.trained_steps),
+    Column("pruned_at_step", lambda r: r.pruning.step if r.pruning else None),
+    Column("rung_value", lambda r: r.pruning.value if r.pruning else None),
     Column("loss_decrease_pct", lambda r: r.verification.convergence.loss_decrease_pct),
     Column("run_id", lambda r: r.run_id or None),
     Column("error", lambda r: (r.error or "")[:120] or None),
@@ -148,7 +152,8 @@ def write_sweep_summary(sweep_dir: str | os.PathLike, run_names: list[str], sett
     ``metrics.json`` are listed as ``missing``). With ``settings`` (a
     :class:`loraexp.comparison.Settings`), the runs are also grouped into configurations and
     compared (:func:`loraexp.comparison.compare`): ``configurations.csv`` and the
-    ``## Configurations`` section of ``summary.md``.
+    ``## Configurations`` section of ``summary.md``. A sweep with a pruner gets a ``## Pruning``
+    section (:func:`loraexp.pruning.pruning_markdown`).
 
     Holds ``<sweep_dir>/.summary.lock`` while reading and writing, so processes sharing the
     sweep directory (workers, trials) write one after the other, each from the latest files.
@@ -172,6 +177,9 @@ def write_sweep_summary(sweep_dir: str | os.PathLike, run_names: list[str], sett
             names = list(dict.fromkeys(k for row in table for k in row))
             atomic_write_text(sweep_dir / "configurations.csv", _csv(table, names))
             markdown = cmp.render_markdown(comparison) + "\n" + markdown
+        pruned = pruning_markdown(records)
+        if pruned:
+            markdown += "\n" + pruned
         atomic_write_text(sweep_dir / "summary.md", markdown)
     return SweepSummary(rows, comparison)
 

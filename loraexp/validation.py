@@ -33,7 +33,8 @@ COMMON_TRAINING_KEYS = frozenset({
     "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "weight_decay", "logging_steps",
     "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "optim", "max_grad_norm",
     "bf16", "fp16", "use_cpu", "gradient_checkpointing", "torch_compile", "dataloader_num_workers",
-    "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor"})
+    "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor", "tf32", "use_liger_kernel",
+    "train_sampling_strategy"})
 
 
 # numpy's legacy seeding (np.random.seed, which transformers.set_seed calls, and the RandomState
@@ -201,6 +202,9 @@ def _validate_training(training: dict[str, Any]) -> list[str]:
             problem = field_problem(f"training.{key}", training[key])
             if problem:
                 problems.append(problem)
+    if training.get("fp16") and training.get("bf16"):
+        problems.append("`training.fp16` and `training.bf16` are both true; allowed: at most one mixed precision "
+                        "(bf16 on the CPU and on Ampere or newer GPUs, fp16 on older GPUs)")
     steps = training.get("max_steps")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or (steps <= 0 and steps != -1)):
         problems.append(f"`training.max_steps` must be a positive int (or -1 for epochs), got {steps!r}")
@@ -314,8 +318,37 @@ def _validate_sweep(cfg: ExperimentConfig) -> list[str]:
         problems.append(f"`sweep.tpe_learning_rate` must be [low, high] with 0 < low < high < inf, got {low_high!r}")
     if not s.tpe_ranks or not all(_positive_int(x) for x in s.tpe_ranks):
         problems.append(f"`sweep.tpe_ranks` must be a non-empty list of positive ints, got {s.tpe_ranks!r}")
+    problems += _validate_pruning(cfg)
     if s.name is not None and (not s.name or "/" in s.name or s.name in (".", "..")):
         problems.append(f"`sweep.name` must be a plain directory name, got {s.name!r}")
+    return problems
+
+
+def _validate_pruning(cfg: ExperimentConfig) -> list[str]:
+    """``sweep.reduction_factor``/``min_resource``, and what a pruner needs: a step budget
+    (``training.max_steps``; rungs are optimizer steps) with room for a rung below it."""
+    s, problems = cfg.sweep, []
+    if not _positive_int(s.reduction_factor) or s.reduction_factor < 2:
+        problems.append(f"`sweep.reduction_factor` must be an int >= 2 (eta: about 1/eta of the configurations "
+                        f"go on at each rung), got {s.reduction_factor!r}")
+        return problems
+    if s.min_resource is not None and not _positive_int(s.min_resource):
+        problems.append(f"`sweep.min_resource` must be a positive int (optimizer steps) or null, "
+                        f"got {s.min_resource!r}")
+        return problems
+    if s.pruner == "none":
+        return problems
+    max_steps = cfg.training.get("max_steps", -1)
+    if not _positive_int(max_steps):
+        problems.append(f"`sweep.pruner` {s.pruner!r} needs `training.max_steps` > 0 (rungs are optimizer steps), got "
+                        f"{max_steps!r}; set --max-steps or `--prune none`")
+        return problems
+    first = s.min_resource if s.min_resource is not None else max_steps // s.reduction_factor ** 2
+    if not 1 <= first < max_steps:
+        problems.append(f"`sweep.min_resource` (the first rung) must be in [1, training.max_steps) = [1, {max_steps}), "
+                        f"got {first!r}" + ("" if s.min_resource is not None else
+                                            f" (max_steps // reduction_factor**2 = {max_steps} // "
+                                            f"{s.reduction_factor}**2); set sweep.min_resource"))
     return problems
 
 
@@ -360,6 +393,12 @@ def validate(cfg: ExperimentConfig) -> list[str]:
         problem = field_problem(key, getattr(cfg, key))
         if problem:
             problems.append(problem)
+    pad = cfg.pad_to_multiple_of
+    if pad is not None and not (_positive_int(pad) and _positive_int(cfg.max_seq_length)
+                                and cfg.max_seq_length % pad == 0):
+        problems.append(f"`pad_to_multiple_of` must be a positive int that divides `max_seq_length` "
+                        f"({cfg.max_seq_length!r}), so that no padded batch is longer than max_seq_length, or null "
+                        f"(pad to the longest row), got {pad!r}")
     problems += _check_choices(cfg, "")
     problems += _validate_lora(cfg.lora)
     q = cfg.quantization
@@ -385,9 +424,11 @@ def validate(cfg: ExperimentConfig) -> list[str]:
     for name in ("merge_atol", "quantized_merge_atol"):
         if not _positive_number(getattr(v, name)):
             problems.append(f"`verification.{name}` must be a number > 0, got {getattr(v, name)!r}")
-    for name in ("merge_eval_batches", "latency_repeats"):
-        if not _positive_int(getattr(v, name)):
-            problems.append(f"`verification.{name}` must be a positive int, got {getattr(v, name)!r}")
+    if not _positive_int(v.merge_eval_batches):
+        problems.append(f"`verification.merge_eval_batches` must be a positive int, got {v.merge_eval_batches!r}")
+    if not (_positive_int(v.latency_repeats) or v.latency_repeats == 0 and type(v.latency_repeats) is int):
+        problems.append(f"`verification.latency_repeats` must be 0 (latency not measured) or a positive int, "
+                        f"got {v.latency_repeats!r}")
     drop = v.min_loss_decrease
     if drop is not None and not (isinstance(drop, (int, float)) and not isinstance(drop, bool)
                                  and math.isfinite(drop) and drop < 100):

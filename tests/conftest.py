@@ -39,6 +39,22 @@ def tiny_gpt2_config():
 TINY_CONFIGS = {"bert": tiny_bert_config, "llama": tiny_llama_config, "gpt2": tiny_gpt2_config}
 
 
+@pytest.fixture(autouse=True)
+def fresh_reuse_caches():
+    """Every test starts with the sweep caches (:mod:`loraexp.data_cache`,
+    :mod:`loraexp.base_cache`) empty and in their default modes, so a test that injects a
+    fault into loading or tokenizing sees it happen, not a dataset an earlier test left."""
+    from loraexp import base_cache, data_cache
+
+    base_cache.set_mode(base_cache.DEFAULT_MODE)
+    data_cache.set_enabled(True)
+    data_cache.clear()
+    yield
+    base_cache.set_mode(base_cache.DEFAULT_MODE)
+    data_cache.set_enabled(True)
+    data_cache.clear()
+
+
 def tiny_classifier(arch: str, seed: int = 0):
     """A randomly initialised sequence classifier of architecture ``arch``."""
     from transformers import AutoModelForSequenceClassification

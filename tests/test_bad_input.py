@@ -198,6 +198,40 @@ def _squad_data(e):
     return write_squad(e["tmp"] / "squad-data", articles=3)
 
 
+def _without_gpu(mp, *argv):
+    """``argv`` on a machine seen without a GPU (and so without bf16 or TF32 on one)."""
+    import torch
+    from transformers.utils import import_utils
+
+    mp.setattr(torch.accelerator, "is_available", lambda: False)
+    mp.setattr(import_utils, "is_torch_bf16_gpu_available", lambda: False)
+    mp.setattr(import_utils, "is_torch_tf32_available", lambda: False)
+    return list(argv)
+
+
+def _without_liger(e, mp):
+    from transformers.utils import import_utils
+
+    mp.setattr(import_utils, "is_liger_kernel_available", lambda: False)
+    return ["--set", "training.use_liger_kernel=true"]
+
+
+def _without_cxx_compiler(e, mp):
+    """torch_compile where inductor finds no C++ compiler: the real trial compile, uncached."""
+    from torch._inductor import config
+
+    from loraexp import throughput
+
+    probe = throughput.compile_problem.__wrapped__
+
+    def without_compiler(*args):
+        with config.patch({"cpp.cxx": (None, "/nonexistent/g++")}):
+            return probe(*args)
+
+    mp.setattr(throughput, "compile_problem", without_compiler)
+    return _without_gpu(mp, "--set", "training.torch_compile=true")
+
+
 # (id, entry point, argv builder (env, monkeypatch) -> extra argv, fragments of the one error message)
 CASES = [
     ("yaml-syntax-error", "main", _bad_yaml, ["is not valid YAML at line 3"]),
@@ -266,6 +300,16 @@ CASES = [
      ["holds a different config (run_id", "set another `output_dir` or `sweep.name`"]),
     ("checkpoint-minutes-not-positive", "main", lambda e, mp: ["--checkpoint-minutes", "0"],
      ["`sweep.checkpoint_minutes` must be a finite number > 0", "got 0"]),
+    ("prune-without-max-steps", "main",
+     lambda e, mp: ["--mode", "sweep", "--prune", "successive-halving", "--max-steps", "-1"],
+     ["`sweep.pruner` 'successive-halving' needs `training.max_steps` > 0", "got -1"]),
+    ("prune-first-rung-not-below-max-steps", "main",
+     lambda e, mp: ["--mode", "sweep", "--prune", "hyperband", "--max-steps", "20", "--min-resource", "20"],
+     ["`sweep.min_resource` (the first rung) must be in [1, training.max_steps) = [1, 20), got 20"]),
+    ("prune-reduction-factor-below-2", "main", lambda e, mp: ["--reduction-factor", "1"],
+     ["`sweep.reduction_factor` must be an int >= 2", "got 1"]),
+    ("prune-one-configuration", "main", lambda e, mp: ["--prune", "successive-halving", "--max-steps", "20"],
+     ["`sweep.pruner` 'successive-halving' compares configurations, but this sweep has 1 it could stop"]),
     ("warm-start-not-an-adapter", "main", lambda e, mp: ["--warm-start", str(e["tmp"])],
      ["`warm_start` directory", "has no adapter_config.json"]),
     ("warm-start-full-fine-tuning", "main", lambda e, mp: ["--method", "full", "--warm-start", str(e["tmp"])],
@@ -323,6 +367,24 @@ CASES = [
     ("lora-plus-with-another-optimizer", "main", lambda e, mp: ["--method", "lora-plus", "--set",
                                                                  "training.optim=sgd"],
      ["`method` lora-plus builds its own AdamW", "remove `training.optim` ('sgd')"]),
+    # training settings the device cannot do (loraexp/throughput.py), and throughput knobs
+    ("fp16-on-cpu", "main", lambda e, mp: _without_gpu(mp, "--set", "training.fp16=true"),
+     ["`training.fp16` true cannot work on the CPU", "use `training.bf16: true`"]),
+    ("bf16-with-use-cpu-false-without-gpu", "main",
+     lambda e, mp: _without_gpu(mp, "--set", "training.bf16=true", "--set", "training.use_cpu=false"),
+     ["`training.use_cpu` false with `training.bf16` true cannot work on a machine without a GPU"]),
+    ("fp16-and-bf16", "main", lambda e, mp: ["--set", "training.fp16=true", "--set", "training.bf16=true"],
+     ["`training.fp16` and `training.bf16` are both true; allowed: at most one mixed precision"]),
+    ("tf32-without-gpu", "main", lambda e, mp: _without_gpu(mp, "--set", "training.tf32=true"),
+     ["`training.tf32` true needs an NVIDIA GPU of the Ampere generation or newer"]),
+    ("liger-kernel-not-installed", "main", _without_liger,
+     ["`training.use_liger_kernel` true needs liger-kernel >= 0.3.0 (pip install liger-kernel)"]),
+    ("torch-compile-without-compiler", "main", _without_cxx_compiler,
+     ["`training.torch_compile` true cannot work here", "InvalidCxxCompiler", "No working C++ compiler"]),
+    ("optimizer-package-missing", "main", lambda e, mp: ["--set", "training.optim=adamw_anyprecision"],
+     ["`training.optim` 'adamw_anyprecision' cannot be used here: Please install https://github.com/pytorch/torchdistx"]),
+    ("pad-to-multiple-not-dividing-max-seq-length", "main", lambda e, mp: ["--set", "pad_to_multiple_of=48"],
+     ["`pad_to_multiple_of` must be a positive int that divides `max_seq_length` (128)", "got 48"]),
     # batch sizes, training length, seeds
     ("batch-size-zero", "main", lambda e, mp: ["--set", "training.per_device_train_batch_size=0"],
      ["`training.per_device_train_batch_size` must be a positive int, got 0"]),

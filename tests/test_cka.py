@@ -70,3 +70,35 @@ def test_pooled_hidden_states_average_non_padding_tokens_only():
 def test_layerwise_cka_needs_the_same_layers():
     with pytest.raises(ValueError, match="base layers"):
         layerwise_cka([torch.randn(4, 2)], [torch.randn(4, 2)] * 2)
+
+
+@pytest.mark.parametrize("lengths,left_padded,groups", [
+    ([3, 7, 2, 5, 7, 1], False, [[5, 2, 0], [3, 1, 4]]),   # sorted by length (ties in order), 3 rows a group
+    ([4, 4, 4], False, [[0, 1, 2]]),
+    ([3, 7, 2, 5], True, None),                            # left padding: positions matter, kept whole
+])
+def test_probe_rows_are_regrouped_by_length_without_changing_the_drift(lengths, left_padded, groups):
+    from loraexp.representation_drift import regroup_by_length
+    from tests.conftest import tiny_classifier
+
+    width = max(lengths) + 2
+    mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+    if left_padded:
+        mask = mask.flip(1)
+    batch = {"input_ids": torch.randint(1, 100, mask.shape, generator=torch.Generator().manual_seed(0)) * mask,
+             "attention_mask": mask}
+    parts = regroup_by_length(batch, 3)
+    if groups is None:
+        assert parts == [batch]
+        return
+    order = [i for group in groups for i in group]
+    assert [p["attention_mask"].sum(1).tolist() for p in parts] == [[lengths[i] for i in g] for g in groups]
+    assert [p["input_ids"].shape[1] for p in parts] == [max(lengths[i] for i in g) for g in groups]
+    model = tiny_classifier("bert")
+    whole = pooled_hidden_states(model, [batch])
+    regrouped = pooled_hidden_states(model, parts)
+    assert all(torch.allclose(w[order], r, atol=1e-5) for w, r in zip(whole, regrouped))
+    other = tiny_classifier("bert", seed=1)  # CKA of two models: the same with regrouped rows
+    drift = layerwise_cka(whole, pooled_hidden_states(other, [batch]))
+    assert min(drift) < 0.999 and drift == pytest.approx(
+        layerwise_cka(regrouped, pooled_hidden_states(other, parts)), abs=1e-5)

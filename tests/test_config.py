@@ -146,6 +146,19 @@ def test_run_ids_stay_those_of_earlier_versions(cli, run_id):
     assert load_config(cli=cli).run_id == run_id
 
 
+@pytest.mark.parametrize("overrides", [
+    {"verification.latency_repeats": 0},   # the default since latency timing is opt-in
+    {"verification.latency_repeats": 1},   # the default the pinned ids were made with
+    {"verification.latency_repeats": 5},
+    {"verification.merge_eval_batches": 1},
+    {"verification.merge_eval_batches": 8, "verification.latency_repeats": 3},
+])
+def test_what_a_check_costs_is_not_part_of_the_run_id(overrides):
+    """How many batches the post-training checks compare on and whether latency is timed do
+    not change what a run trains: the run id stays (a finished run is not redone for them)."""
+    assert build_config(overrides=overrides).run_id == build_config().run_id
+
+
 def test_run_id_ignores_output_and_logging_only():
     base = build_config()
     assert build_config(overrides={"output_dir": "elsewhere", "tracking.wandb": "offline"}).run_id == base.run_id
@@ -212,6 +225,9 @@ def test_every_shipped_config_loads_validates_and_expands(path):
     ({"evaluation": {"generation_samples": 0}}, "`evaluation.generation_samples` must be a positive int"),
     ({"sweep": {"quantizations": ["nf4", "nf2"]}}, "`sweep.quantizations` must list values from"),
     ({"verification": {"merge_space": "bits"}}, "`verification.merge_space` must be one of auto, logits, probs"),
+    ({"verification": {"latency_repeats": -1}}, "`verification.latency_repeats` must be 0 (latency not measured) or "
+                                                "a positive int, got -1"),
+    ({"verification": {"merge_eval_batches": 0}}, "`verification.merge_eval_batches` must be a positive int, got 0"),
 ])
 def test_quantization_and_evaluation_fields_are_validated(layer, message):
     with pytest.raises(ConfigError) as err:

@@ -36,7 +36,7 @@ def test_single_run_writes_design_layout(tiny_bert_dir, tiny_sst2_dir, tmp_path)
     ver = metrics["verification"]
     assert ver["frozen_base"]["passed"] and ver["grad_flow"]["passed"] and ver["merge"]["passed"] and ver["passed"]
     assert ver["merge"]["max_abs_diff"] <= 1e-4 < ver["merge"]["adapter_vs_base_max_abs_diff"]
-    assert metrics["schema_version"] == 6
+    assert metrics["schema_version"] == 7
     assert 0 <= metrics["eval"]["accuracy"] <= 1
     eff = metrics["efficiency"]
     assert eff["lora_params"] == 2 * 2 * 8 * (16 + 16)  # 2 layers x {query, value} x r(in + out)

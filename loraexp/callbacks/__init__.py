@@ -11,8 +11,9 @@ from loraexp.callbacks.history import HistoryCallback
 from loraexp.callbacks.non_finite import NonFiniteCallback
 from loraexp.callbacks.preemption import StopOnSignalCallback
 from loraexp.callbacks.progress import QuietProgressCallback
+from loraexp.callbacks.rung_stop import RungStopCallback
 from loraexp.callbacks.timed_checkpoint import TimedCheckpointCallback
 
 __all__ = ["AdapterStatsCallback", "CheckpointRecordCallback", "EfficiencyCallback", "FinalCheckpointCallback",
            "FrozenBaseCallback", "FullTrainingCallback", "GradFlowCallback", "HistoryCallback", "NonFiniteCallback",
-           "QuietProgressCallback", "StopOnSignalCallback", "TimedCheckpointCallback"]
+           "QuietProgressCallback", "RungStopCallback", "StopOnSignalCallback", "TimedCheckpointCallback"]

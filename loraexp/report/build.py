@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from loraexp.comparison import render_markdown as configurations_markdown
+from loraexp.pruning import pruning_markdown
 from loraexp.report.advice import SweepAdvice, sweep_advice
 from loraexp.report.figures import Figure, all_figures
 from loraexp.report.render import markdown_to_html
@@ -63,7 +64,9 @@ def write_report(sweep_dir: str | Path, energy: float = 0.9, data: SweepData | N
     title = f"loraexp report: {sweep_dir.name}"
     markdown_text = "\n".join([f"# {title}", "", header_line(data), "",
                                summary_section(data, figures, advice, confirmation),
-                               configurations_markdown(data.comparison), figures_section(figures, data)])
+                               configurations_markdown(data.comparison),
+                               pruning_markdown([(n, data.records.get(n)) for n in data.names]),
+                               figures_section(figures, data)])
     md_path, html_path = sweep_dir / REPORT_MD, sweep_dir / REPORT_HTML
     atomic_write_text(md_path, markdown_text)
     atomic_write_text(html_path, markdown_to_html(markdown_text, sweep_dir, title))

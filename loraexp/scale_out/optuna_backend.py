@@ -140,6 +140,8 @@ def run_optuna(cfg: ExperimentConfig, resume: bool = True) -> SweepResult:
     sweep_dir = Path(cfg.output_dir) / sweep_name(cfg)
     preflight(runs, sweep_dir)
     metric, direction = objective(cfg)
+    if cfg.sweep.pruner != "none":
+        return _run_pruned_study(cfg, runs, sweep_dir, metric, direction)
     space = grid_parameters(cfg) if grid else None
     size = len(runs) if grid else cfg.sweep.n_trials
     sampler = optuna.samplers.GridSampler(space) if grid else optuna.samplers.TPESampler()
@@ -159,6 +161,67 @@ def run_optuna(cfg: ExperimentConfig, resume: bool = True) -> SweepResult:
     while len(study.get_trials(deepcopy=False)) < size:
         study.optimize(trial_objective, n_trials=1)
     mine += _take_over_stale_trials(study, cfg, grid, metric, resume)
+    names = [name for name, _ in runs] if grid else sorted(
+        p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
+    summary = write_sweep_summary(sweep_dir, names, Settings.from_config(cfg, metric))
+    return SweepResult(sweep_dir, mine, summary.rows, metric, direction, summary.comparison)
+
+
+def _run_pruned_study(cfg: ExperimentConfig, runs, sweep_dir: Path, metric: str, direction: str) -> SweepResult:
+    """A shared study whose trials are configurations (all seeds of a point), each trained rung by
+    rung and stopped by ``cfg.sweep.pruner`` (:mod:`loraexp.pruning`) against the values every
+    worker reported at that rung: asynchronous successive halving across machines.
+
+    ``sampler: grid`` hands out the sweep's configurations (``GridSampler`` over their first
+    run's name); ``tpe`` suggests ``lora.r`` and the learning rate, run with the sweep's seeds.
+    A RUNNING trial of a killed worker is not taken over (its runs are: a rerun of the sweep
+    without a pruner continues them from their checkpoints).
+    """
+    from loraexp import preemption, pruning
+    from loraexp.runner import _report_outcome, _trial_config, run_unless_done
+    from loraexp.sweep import seeds_for
+
+    optuna = _optuna()
+    grid = cfg.sweep.sampler == "grid"
+    confs = {c.runs[0][0]: c for c in pruning.configurations(runs, cfg.sweep.baseline)}
+    if grid:
+        pruning.check_prunable(list(confs.values()), cfg)
+    size = len(confs) if grid else cfg.sweep.n_trials
+    sampler = (optuna.samplers.GridSampler({"configuration": list(confs)}, seed=cfg.seed) if grid
+               else optuna.samplers.TPESampler(seed=cfg.seed))
+    study = optuna.create_study(study_name=sweep_name(cfg), storage=make_storage(cfg.sweep.storage),
+                                sampler=sampler, pruner=pruning.make_pruner(cfg), direction=direction,
+                                load_if_exists=True)
+    mine: list[RunResult] = []
+
+    def advance(name: str, run_cfg: ExperimentConfig, until_step: int | None, start_over: bool) -> RunResult:
+        label = f"{name}" + (f" (to step {until_step})" if until_step else "")
+        with preemption.guard():
+            result = run_unless_done(name, run_cfg, sweep_dir, rerun=start_over, resume=True, label=label,
+                                     until_step=until_step)
+        _report_outcome(result, label, sweep_dir, metric)
+        return result
+
+    def trial_objective(trial) -> float:
+        if trial.number >= size:  # handed out after the last configuration: nothing to run
+            raise optuna.TrialPruned(f"trial {trial.number} is past the {size} trials of the sweep")
+        if grid:
+            conf = confs[trial.suggest_categorical("configuration", list(confs))]
+        else:
+            overrides = _trial_overrides(trial, cfg, None)
+            members = [_trial_config(cfg, {**overrides, "seed": seed})[:2] for seed in seeds_for(cfg)]
+            preflight(members, sweep_dir)
+            conf = pruning.Configuration(members[0][0], members)
+        outcome = pruning.run_configuration(trial, conf, cfg, sweep_dir, metric, advance,
+                                            label=f"trial {trial.number}: ")
+        mine.extend(outcome.results)
+        trial.set_user_attr("runs", [name for name, _ in conf.runs])
+        if outcome.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned at step {outcome.pruned_at}")
+        return outcome.value  # NaN: a FAIL trial
+
+    while len(study.get_trials(deepcopy=False)) < size:
+        study.optimize(trial_objective, n_trials=1)
     names = [name for name, _ in runs] if grid else sorted(
         p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
     summary = write_sweep_summary(sweep_dir, names, Settings.from_config(cfg, metric))

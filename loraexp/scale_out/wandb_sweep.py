@@ -11,6 +11,14 @@
 
 Paths in the command are as given, relative to where ``wandb agent`` is started (the
 repository root).
+
+With ``sweep.pruner`` set, the sweep gets W&B's own early stopping, ``early_terminate:
+{type: hyperband, min_iter: 1, eta: reduction_factor}``, and the base config evaluates every
+``min_resource`` optimizer steps (``training.eval_strategy: steps``). W&B counts iterations
+as the times ``eval/<metric>`` was logged, so its brackets at iterations 1, eta, eta**2 ... are
+loraexp's rungs at ``min_resource * eta**k`` steps. The W&B server decides which runs to stop
+(it compares runs, not configurations over seeds); how a stopped run is recorded depends on
+how the agent stops it (docs/pruning.md).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ def sweep_spec(cfg: ExperimentConfig, base_path: str | Path) -> dict[str, Any]:
     ``tracking.entity``, when set)."""
     metric, goal = objective(cfg)
     where = {"project": cfg.tracking.project, **({"entity": cfg.tracking.entity} if cfg.tracking.entity else {})}
+    stopping = ({"early_terminate": {"type": "hyperband", "min_iter": 1, "eta": cfg.sweep.reduction_factor}}
+                if cfg.sweep.pruner != "none" else {})
     return {
         "name": sweep_name(cfg), **where,
         "program": TRIAL_PROGRAM,
@@ -48,6 +58,7 @@ def sweep_spec(cfg: ExperimentConfig, base_path: str | Path) -> dict[str, Any]:
         "metric": {"name": f"eval/{metric}", "goal": goal},
         "parameters": {key: {"values": values} for key, values in grid_parameters(cfg).items()},
         "command": ["${env}", "${interpreter}", "${program}", "--config", str(base_path), "${args}"],
+        **stopping,
     }
 
 
@@ -64,6 +75,11 @@ def export_wandb_sweep(cfg: ExperimentConfig, path: str | Path) -> tuple[Path, P
     expand(cfg)  # every run config must be valid before anything is written
     base = cfg.to_dict()
     base["tracking"]["wandb"] = "online"
+    if cfg.sweep.pruner != "none":  # eval/<metric> logged at every rung: W&B's hyperband iterations
+        from loraexp.pruning import first_rung
+
+        base["training"].update(eval_strategy="steps", eval_steps=first_rung(
+            cfg.training["max_steps"], cfg.sweep.reduction_factor, cfg.sweep.min_resource))
     base_path = base_config_path(path)
     spec_text = yaml.safe_dump(sweep_spec(cfg, base_path), sort_keys=False)
     base_text = yaml.safe_dump(base, sort_keys=False)

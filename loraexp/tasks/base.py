@@ -31,8 +31,10 @@ class Task(Protocol):
         scores_base_model: whether evaluating the base model before training says something
             (a causal LM's zero-shot loss or accuracy; not a randomly initialised head).
         merge_space: where the merge check compares outputs: ``logits`` or ``probs``.
-        merge_check_rows: rows of each eval batch the merge check uses (None: all); a causal
-            LM's ``(batch, seq, vocab)`` logits are large.
+        merge_check_rows: rows of each eval batch the reload and merge checks use (None:
+            all); every row runs through every adapted module, so a few rows test the merge as
+            well as many, at a fraction of the forward passes' cost (a causal LM's
+            ``(batch, seq, vocab)`` logits are large too).
         metrics_from_examples: every evaluation (the base model's too) runs
             ``Trainer.predict`` and takes its metrics from :meth:`example_scores` (extractive
             QA: answers are text assembled from several windows per question).
@@ -67,8 +69,9 @@ class Task(Protocol):
         """Dataset of model inputs (``input_ids``, ``attention_mask``, ``labels``), at most
         ``max_length`` tokens per row."""
 
-    def collator(self, tokenizer):
-        """The Trainer's ``data_collator`` (pads per batch)."""
+    def collator(self, tokenizer, pad_to_multiple_of: int | None = None):
+        """The Trainer's ``data_collator`` (pads per batch, to a multiple of
+        ``pad_to_multiple_of`` tokens when given)."""
 
     def trainer_metrics(self, tokenizer) -> dict[str, Any]:
         """Keyword arguments for ``Trainer``: ``compute_metrics`` and, if needed,

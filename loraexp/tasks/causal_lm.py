@@ -73,12 +73,14 @@ class CausalLMTask:
         """Dataset with ``input_ids``, ``attention_mask`` and ``labels`` (``-100`` = no loss)."""
         raise NotImplementedError
 
-    def collator(self, tokenizer):
+    def collator(self, tokenizer, pad_to_multiple_of: int | None = None):
         """Pads ``input_ids`` with the pad token and ``labels`` with -100 per batch
-        (``transformers.DataCollatorForSeq2Seq``, which handles decoder-only inputs too)."""
+        (``transformers.DataCollatorForSeq2Seq``, which handles decoder-only inputs too), to the
+        longest row rounded up to a multiple of ``pad_to_multiple_of`` tokens when given."""
         from transformers import DataCollatorForSeq2Seq
 
-        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
+        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True,
+                                      pad_to_multiple_of=pad_to_multiple_of)
 
     def trainer_metrics(self, tokenizer) -> dict[str, Any]:
         """Keyword arguments for ``Trainer``: ``preprocess_logits_for_metrics`` reducing each

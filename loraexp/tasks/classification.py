@@ -43,7 +43,7 @@ class ClassificationTask:
     task_type: str = "SEQ_CLS"
     scores_base_model: bool = False  # the head is randomly initialised before training
     merge_space: str = "logits"
-    merge_check_rows: int | None = None
+    merge_check_rows: int | None = 16  # of 128-example eval batches: the checks' cost, not their reach
     metrics_from_examples: bool = False
     windows_per_example: bool = False
 
@@ -125,11 +125,13 @@ class ClassificationTask:
 
         return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
 
-    def collator(self, tokenizer):
-        """Dynamic padding per batch (``transformers.DataCollatorWithPadding``)."""
+    def collator(self, tokenizer, pad_to_multiple_of: int | None = None):
+        """Dynamic padding per batch (``transformers.DataCollatorWithPadding``): to the longest
+        row, rounded up to a multiple of ``pad_to_multiple_of`` tokens when given (config
+        ``pad_to_multiple_of``: fewer distinct shapes for ``torch.compile``)."""
         from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(tokenizer)
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     def trainer_metrics(self, tokenizer) -> dict:
         """Keyword arguments for ``Trainer``: ``compute_metrics`` from the head's logits."""

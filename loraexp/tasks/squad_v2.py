@@ -140,12 +140,13 @@ class SquadV2Task:
         stride = self.settings.doc_stride
         return max_length // 3 if stride is None else stride
 
-    def collator(self, tokenizer):
-        """Dynamic padding per batch (``transformers.DataCollatorWithPadding``); the labels
-        are one index per window."""
+    def collator(self, tokenizer, pad_to_multiple_of: int | None = None):
+        """Dynamic padding per batch (``transformers.DataCollatorWithPadding``), rounded up to a
+        multiple of ``pad_to_multiple_of`` tokens when given; the labels are one index per
+        window."""
         from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(tokenizer)
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     def trainer_metrics(self, tokenizer) -> dict[str, Any]:
         """None: ``Trainer.evaluate`` gives the span loss only; the text metrics need the
