@@ -172,9 +172,9 @@ class ConfigurationOutcome:
 
 def run_configuration(trial, conf: Configuration, cfg: ExperimentConfig, sweep_dir: Path, metric: str,
                       advance: Advance, rerun: bool = False, label: str = "") -> ConfigurationOutcome:
-    """Train ``conf``'s runs rung by rung as Optuna ``trial`` of ``study`` (see the module
-    docstring): report each rung's value, and when the pruner says so, record the runs
-    ``pruned`` and return. A rung value already in a run's record is reported without
+    """Train ``conf``'s runs rung by rung as Optuna ``trial`` (see the module docstring):
+    report each rung's value, and when the pruner says so, record the runs ``pruned`` and
+    return. A rung value already in a run's record is reported without
     training. The caller ends the trial (:func:`tell`, or ``study.optimize`` from what this
     returns).
 

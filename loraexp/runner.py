@@ -148,10 +148,6 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True,
 
     runs = expand(cfg)
     sweep_dir = Path(cfg.output_dir) / sweep_name(cfg)
-    if cfg.sweep.pruner != "none":
-        from loraexp import pruning
-
-        pruning.check_prunable(pruning.configurations(runs, cfg.sweep.baseline), cfg)
     with preemption.guard():
         preflight(runs, sweep_dir, rerun=rerun)
         metric, direction = objective(cfg)
@@ -227,14 +223,20 @@ def _run_pruned(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path, resul
                 cfg: ExperimentConfig) -> None:
     """The sweep's configurations as trials of an in-memory Optuna study with
     ``cfg.sweep.pruner`` (:mod:`loraexp.pruning`), one after another, each trained rung by
-    rung; ``results`` gets each run's latest result. A rerun replays the recorded rungs."""
+    rung; ``results`` gets each run's latest result. A rerun replays the recorded rungs.
+
+    Raises:
+        ConfigError: fewer than two configurations the pruner may stop.
+    """
     import optuna
 
     from loraexp import pruning
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # loraexp logs each decision itself
     study = optuna.create_study(direction=objective(cfg)[1], pruner=pruning.make_pruner(cfg))
-    confs = pruning.trial_order(pruning.configurations(runs, cfg.sweep.baseline), cfg.seed)
+    confs = pruning.configurations(runs, cfg.sweep.baseline)
+    pruning.check_prunable(confs, cfg)  # before any training
+    confs = pruning.trial_order(confs, cfg.seed)
     steps = pruning.rung_steps(cfg.training["max_steps"], cfg.sweep.reduction_factor, cfg.sweep.min_resource)
     logger.info("%s: %d configurations, %s at rungs %s optimizer steps", sweep_dir.name, len(confs),
                 cfg.sweep.pruner, ", ".join(map(str, steps)))
