@@ -411,11 +411,11 @@ class LoraRecipe:
         ``tracking.cka_probe_examples`` eval examples (:class:`~loraexp.representation_drift.DriftProbe`),
         for :meth:`measure_drift`; the random state is restored afterwards, so the measurement
         leaves the training run unchanged."""
-        from loraexp.representation_drift import DriftProbe, probe_batches
+        from loraexp.representation_drift import DriftProbe
 
         wanted = self.cfg.tracking.cka_probe_examples
         if self.main and wanted:
-            self.drift = DriftProbe(probe_batches(self.trainer.get_eval_dataloader(), wanted, self.tuned_model.device))
+            self.drift = DriftProbe.from_loader(self.trainer.get_eval_dataloader(), wanted, self.tuned_model.device)
             self.drift.capture_base(self.tuned_model, self.base_model_view())
 
     def train_or_restore(self) -> None:
@@ -458,8 +458,16 @@ class LoraRecipe:
 
     def evaluate(self) -> None:
         """Evaluate the trained model on the eval split, keeping its per-example scores in
-        ``predictions.npz`` (:mod:`loraexp.statistics`)."""
-        self.record.eval = self.evaluate_as("eval", keep_examples=True)
+        ``predictions.npz`` (:mod:`loraexp.statistics`); the trained model's drift-probe states
+        are taken from this pass where it computes in the weights' precision
+        (:meth:`~loraexp.representation_drift.DriftProbe.taken_from_evaluation`)."""
+        import contextlib
+
+        args = self.trainer.args
+        exact = not (args.bf16 or args.fp16 or args.bf16_full_eval or args.fp16_full_eval or args.torch_compile)
+        with (self.drift.taken_from_evaluation(self.tuned_model) if self.drift is not None and exact
+              else contextlib.nullcontext()):
+            self.record.eval = self.evaluate_as("eval", keep_examples=True)
 
     def measure_drift(self) -> None:
         """Representation drift: linear CKA per layer between the base model's and the trained
@@ -527,8 +535,10 @@ class LoraRecipe:
                     self.tuned_model, original.to(self.tuned_model.device), self.store.adapter_dir, batches,
                     atol=v.merge_atol, space=space, converted=self.initial_adapter_dir.is_dir(),
                     reference_logits=self.reference_logits)
-            merged, result = check_merge_equivalence(self.tuned_model, batches, atol=v.merge_atol,
-                                                     latency_repeats=v.latency_repeats, space=space)
+            # a passed reload check found the model still gives the reference logits, bit for bit
+            merged, result = check_merge_equivalence(
+                self.tuned_model, batches, atol=v.merge_atol, latency_repeats=v.latency_repeats, space=space,
+                adapter_logits=self.reference_logits if verification.reload.passed else None)
         else:
             full_precision, _ = load_base(self.cfg, task.task_type, task.num_labels, quantized=False)
             merged, result = check_quantized_merge(self.tuned_model, full_precision.to(self.tuned_model.device),

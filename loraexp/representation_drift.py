@@ -5,6 +5,7 @@ random state (:func:`rng_untouched`) and never raises for the run; a failure is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -31,60 +32,117 @@ def rng_untouched():
 PROBE_BATCH_ROWS = 32
 
 
-def probe_batches(loader: Iterable[dict[str, Any]], wanted: int, device,
-                  rows: int = PROBE_BATCH_ROWS) -> list[dict[str, Any]]:
-    """The first ``wanted`` examples of ``loader`` (without labels) on ``device``, fewer when
-    the loader has fewer; the rows of each loader batch regrouped by length into batches of
-    at most ``rows`` rows (:func:`regroup_by_length`). The pooled states leave padding out and
-    CKA does not depend on the order of the examples (the same for both models), so the
-    figures are those of the loader's batches, up to float rounding, at less cost."""
-    batches, taken = [], 0
-    with rng_untouched():
-        for batch in loader:
-            take = min(wanted - taken, len(batch["input_ids"]))
-            cut = {k: v[:take] for k, v in batch.items() if k != "labels"}
-            batches += [{k: v.to(device) for k, v in part.items()} for part in regroup_by_length(cut, rows)]
-            taken += take
-            if taken == wanted:
-                break
-    return batches
+# The most bytes of float32 hidden states, (rows, seq, hidden) for every layer, that one evaluation
+# batch may return for the trained model's probe states to be taken from the evaluation pass
+# (DriftProbe.taken_from_evaluation); a larger batch leaves them to a probe pass of its own, in
+# PROBE_BATCH_ROWS-row batches. Computed for a 128-row SST-2 eval batch of 66 tokens: MiniLM
+# (384 x 7 per token) 90 MB, taken; SmolLM2-135M (576 x 31) 0.6 GB, left to the probe pass.
+EVALUATION_STATES_MAX_BYTES = 256 * 2**20
+
+
+def length_groups(mask, rows: int):
+    """Row indices of ``mask`` ``(n, seq)`` sorted by their number of real tokens (ties in
+    order) and cut into groups of at most ``rows``; None when the rows are not right-padded
+    (positions would change with the padding) or ``mask`` is not 2-D."""
+    import torch
+
+    if mask is None or mask.dim() != 2 or bool((mask[:, 1:] > mask[:, :-1]).any()):
+        return None
+    order = torch.argsort(mask.sum(1), stable=True)
+    return [order[start:start + rows] for start in range(0, len(order), rows)]
 
 
 def regroup_by_length(batch: dict[str, Any], rows: int) -> list[dict[str, Any]]:
-    """``batch`` split into batches of at most ``rows`` rows of similar length (sorted by their
-    number of real tokens, ties in order), each without the padding columns all its rows have
-    at the end. A batch that is not right-padded, or has no ``attention_mask``, is returned
-    whole (its columns carry positions).
+    """``batch`` split into batches of at most ``rows`` rows of similar length
+    (:func:`length_groups`), each without the padding columns all its rows have at the end. A
+    batch that is not right-padded, or has no ``attention_mask``, is returned whole (its
+    columns carry positions).
 
     Args:
         batch: ``(n, seq)`` tensors (and any others with ``n`` rows first).
     """
-    import torch
-
     mask = batch.get("attention_mask")
-    if mask is None or mask.dim() != 2 or bool((mask[:, 1:] > mask[:, :-1]).any()):
+    groups = length_groups(mask, rows)
+    if groups is None:
         return [batch]
-    lengths = mask.sum(1)
-    order = torch.argsort(lengths, stable=True)
-    seq = mask.shape[1]
+    seq, lengths = mask.shape[1], mask.sum(1)
     parts = []
-    for start in range(0, len(order), rows):
-        index = order[start:start + rows]
+    for index in groups:
         length = max(int(lengths[index].max()), 1)
         parts.append({k: v[index][:, :length] if v.dim() >= 2 and v.shape[1] == seq else v[index]
                       for k, v in batch.items()})
     return parts
 
 
-class DriftProbe:
-    """The probe batches and the base model's pooled hidden states on them (one ``(n, hidden)``
-    tensor per layer, embeddings first), taken by :meth:`capture_base` before training;
-    :meth:`measure` gives the ``representation_drift`` record after it."""
+def _real_tokens(batch: dict[str, Any]) -> list:
+    """Each row's ``input_ids`` without padding (all of them when there is no mask)."""
+    mask = batch.get("attention_mask")
+    ids = batch["input_ids"]
+    return [row if mask is None else row[mask[i].bool()] for i, row in enumerate(ids)]
 
-    def __init__(self, batches: list[dict[str, Any]]):
+
+class DriftProbe:
+    """The probe examples -- the first ``wanted`` rows of the eval loader -- and the base
+    model's pooled hidden states on them (one ``(n, hidden)`` float32 tensor per layer,
+    embeddings first, rows in loader order), taken by :meth:`capture_base` before training;
+    :meth:`measure` gives the ``representation_drift`` record after it.
+
+    The probe passes run on the rows regrouped by length into batches of at most
+    :data:`PROBE_BATCH_ROWS` (:func:`regroup_by_length`): the pooled states leave padding out,
+    so the figures are those of the loader's batches up to float rounding, at less cost. The
+    trained model's states are taken from the evaluation pass itself when it runs over the
+    same rows (:meth:`taken_from_evaluation`), else by a probe pass of their own.
+
+    Args:
+        batches: the regrouped probe batches (model inputs on the model's device, no labels).
+        order: ``(n,)`` int64, the loader position of each row of ``batches``, concatenated.
+        examples: each probe row's real tokens (``input_ids`` without padding), loader order.
+    """
+
+    def __init__(self, batches: list[dict[str, Any]], order=None, examples: list | None = None):
+        import torch
+
         self.batches = batches
+        n = sum(len(b["input_ids"]) for b in batches)
+        self.order = torch.arange(n) if order is None else order
+        self.examples = examples
         self.base = None
+        self.trained = None  # the trained model's states from the evaluation pass, loader order
         self.error: str | None = None
+
+    @classmethod
+    def from_loader(cls, loader: Iterable[dict[str, Any]], wanted: int, device,
+                    rows: int = PROBE_BATCH_ROWS) -> DriftProbe:
+        """The first ``wanted`` examples of ``loader`` (fewer when it has fewer), labels
+        dropped, regrouped by length and moved to ``device``; torch's random state is left as
+        it was (:func:`rng_untouched`)."""
+        import torch
+
+        batches, order, examples, taken = [], [], [], 0
+        with rng_untouched():
+            for batch in loader:
+                take = min(wanted - taken, len(batch["input_ids"]))
+                cut = {k: v[:take] for k, v in batch.items() if k != "labels"}
+                groups = length_groups(cut.get("attention_mask"), rows) or [torch.arange(take)]
+                for index in groups:
+                    order.append(index + taken)
+                batches += [{k: v.to(device) for k, v in part.items()} for part in regroup_by_length(cut, rows)]
+                examples += [row.cpu() for row in _real_tokens(cut)]
+                taken += take
+                if taken == wanted:
+                    break
+        return cls(batches, torch.cat(order) if order else torch.zeros(0, dtype=torch.long), examples)
+
+    def _in_loader_order(self, states: list) -> list:
+        """Pooled states of :attr:`batches` (regrouped rows) put back in loader order."""
+        import torch
+
+        out = []
+        for layer in states:
+            ordered = torch.empty_like(layer)
+            ordered[self.order] = layer
+            out.append(ordered)
+        return out
 
     def capture_base(self, model, base_view) -> None:
         """The base model's states: ``model`` inside the context ``base_view`` (the recipe's
@@ -93,14 +151,90 @@ class DriftProbe:
 
         try:
             with rng_untouched(), base_view:
-                self.base = pooled_hidden_states(model, self.batches)
+                self.base = self._in_loader_order(pooled_hidden_states(model, self.batches))
         except (RuntimeError, ValueError) as exc:  # e.g. out of memory with output_hidden_states
             self.error = f"base model: {type(exc).__name__}: {exc}"
 
+    @contextlib.contextmanager
+    def taken_from_evaluation(self, model, max_bytes: int | None = None):
+        """Context around an evaluation of ``model`` (``Trainer.predict`` / ``evaluate``) that
+        takes the trained model's probe states from that pass instead of a probe pass of its
+        own (MiniLM on SST-2: 256 examples, ~1.3 s on 2 CPU cores).
+
+        Hooks on ``model`` ask the first eval-mode forward calls for ``output_hidden_states``,
+        pool the rows that are the probe examples and take the hidden states out of the output
+        again, so the evaluation's predictions and metrics are what they were. Rows are taken
+        only while each one's real tokens are the next probe example's; a batch whose hidden
+        states would exceed ``max_bytes`` (float32, ``(rows, seq, hidden)`` per layer), a
+        mismatch, positional or ``return_dict=False`` calls stop the taking, and
+        :meth:`measure` then runs its own pass. The caller must evaluate in the precision of
+        the weights (no autocast), as the base states were taken.
+
+        Args:
+            max_bytes: default :data:`EVALUATION_STATES_MAX_BYTES`.
+        """
+        from loraexp.analysis.cka import pool_hidden_states
+
+        max_bytes = EVALUATION_STATES_MAX_BYTES if max_bytes is None else max_bytes
+        config = getattr(model, "config", None)
+        per_token = 4 * getattr(config, "hidden_size", 0) * (getattr(config, "num_hidden_layers", -1) + 1)
+        taken: list[list] = []
+        state = {"next": 0, "stopped": self.examples is None or per_token <= 0, "pending": None}
+
+        def before(module, args, kwargs):
+            state["pending"] = None
+            if state["stopped"] or module.training or state["next"] >= len(self.examples):
+                return None
+            ids = kwargs.get("input_ids")
+            if (args or ids is None or ids.dim() != 2 or kwargs.get("return_dict") is False
+                    or ids.numel() * per_token > max_bytes):
+                state["stopped"] = True
+                return None
+            rows = min(len(ids), len(self.examples) - state["next"])
+            mask = kwargs.get("attention_mask")
+            real = _real_tokens({"input_ids": ids[:rows], "attention_mask": None if mask is None else mask[:rows]})
+            expected = self.examples[state["next"]:state["next"] + rows]
+            if not all(_same_tokens(a, b) for a, b in zip(real, expected)):
+                state["stopped"] = True
+                return None
+            state["pending"] = (rows, mask, not kwargs.get("output_hidden_states"))
+            return args, {**kwargs, "output_hidden_states": True}
+
+        def after(module, args, kwargs, output):
+            if state["pending"] is None:
+                return None
+            rows, mask, strip = state["pending"]
+            state["pending"] = None
+            hidden = getattr(output, "hidden_states", None)
+            if hidden is None:
+                state["stopped"] = True
+                return None
+            pooled = pool_hidden_states([h[:rows] for h in hidden], None if mask is None else mask[:rows])
+            taken.append(pooled)
+            state["next"] += rows
+            if strip:
+                return type(output)(**{k: v for k, v in output.items() if k != "hidden_states"})
+            return None
+
+        handles = [model.register_forward_pre_hook(before, with_kwargs=True),
+                   model.register_forward_hook(after, with_kwargs=True)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not state["stopped"] and self.examples and state["next"] == len(self.examples):
+            import torch
+
+            self.trained = [torch.cat(parts) for parts in zip(*taken)]
+
     def measure(self, model) -> dict[str, Any]:
-        """``metric``, ``probe_examples``, ``pooling`` and either ``layers`` and ``cka`` (one
-        value per entry of ``hidden_states``) or the ``error`` that prevented it."""
+        """``metric``, ``probe_examples``, ``pooling``, ``trained_pass`` (``evaluation``: the
+        trained states came from the evaluation pass; ``probe``: from a pass of their own) and
+        either ``layers`` and ``cka`` (one value per entry of ``hidden_states``) or the
+        ``error`` that prevented it."""
         from loraexp.analysis.cka import layerwise_cka, pooled_hidden_states
+        from loraexp.analysis.merge import stored_precision
 
         if self.base is None:
             return {"error": self.error or "base states not captured"}
@@ -108,8 +242,20 @@ class DriftProbe:
         if drift["probe_examples"] < 2:
             return {**drift, "error": "fewer than 2 probe examples in the eval split"}
         try:
-            with rng_untouched():
-                cka = layerwise_cka(self.base, pooled_hidden_states(model, self.batches))
+            if self.trained is not None:
+                drift["trained_pass"], trained = "evaluation", self.trained
+            else:
+                with rng_untouched(), stored_precision(model):  # as the base states: no autocast
+                    drift["trained_pass"] = "probe"
+                    trained = self._in_loader_order(pooled_hidden_states(model, self.batches))
+            cka = layerwise_cka(self.base, trained)
         except (RuntimeError, ValueError) as exc:
             return {**drift, "error": f"{type(exc).__name__}: {exc}"}
         return {**drift, "layers": ["embeddings", *map(str, range(1, len(cka)))], "cka": cka}
+
+
+def _same_tokens(row, expected) -> bool:
+    """``row`` (on any device) holds exactly the token ids ``expected`` (on the CPU)."""
+    import torch
+
+    return row.shape == expected.shape and bool(torch.equal(row.cpu(), expected))

@@ -3,10 +3,13 @@ transforms and isotropic scaling, low for unrelated ones; per-example pooling ig
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from loraexp.analysis.cka import layerwise_cka, linear_cka, pooled_hidden_states
+from tests.conftest import tiny_classifier
 
 
 def _x(n=64, p=24, seed=0):
@@ -102,3 +105,86 @@ def test_probe_rows_are_regrouped_by_length_without_changing_the_drift(lengths, 
     drift = layerwise_cka(whole, pooled_hidden_states(other, [batch]))
     assert min(drift) < 0.999 and drift == pytest.approx(
         layerwise_cka(regrouped, pooled_hidden_states(other, parts)), abs=1e-5)
+
+
+def _probe_loader(lengths, rows_per_batch=4, seed=0):
+    """Right-padded eval batches with labels, as the Trainer's eval loader gives them."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for start in range(0, len(lengths), rows_per_batch):
+        part = lengths[start:start + rows_per_batch]
+        mask = torch.tensor([[1] * n + [0] * (max(part) - n) for n in part])
+        batches.append({"input_ids": torch.randint(1, 100, mask.shape, generator=gen) * mask,
+                        "attention_mask": mask, "labels": torch.zeros(len(part), dtype=torch.long)})
+    return batches
+
+
+def _evaluate(model, loader):
+    """What the Trainer's prediction loop does with each batch: ``model(**inputs)``."""
+    with torch.no_grad():
+        return [model(**batch) for batch in loader]
+
+
+LENGTHS = [3, 7, 2, 5, 7, 1, 4, 6, 2, 5]
+
+
+@pytest.mark.parametrize("wanted", [10, 6, 3])
+def test_trained_probe_states_taken_from_the_evaluation_pass_are_the_probe_pass_states(wanted):
+    from loraexp.representation_drift import DriftProbe
+
+    loader = _probe_loader(LENGTHS)
+    probe = DriftProbe.from_loader(loader, wanted, "cpu", rows=3)
+    assert sum(len(b["input_ids"]) for b in probe.batches) == wanted
+    probe.capture_base(tiny_classifier("bert"), contextlib.nullcontext())
+    trained = tiny_classifier("bert", seed=1)
+    plain = _evaluate(trained, loader)
+    with probe.taken_from_evaluation(trained):
+        evaluated = _evaluate(trained, loader)
+    assert probe.trained is not None and probe.trained[0].shape[0] == wanted
+    for before, after in zip(plain, evaluated):  # the evaluation's outputs are what they were
+        assert after.hidden_states is None and torch.equal(before.logits, after.logits)
+    from_evaluation = probe.measure(trained)
+    probe.trained = None
+    from_probe = probe.measure(trained)
+    assert (from_evaluation["trained_pass"], from_probe["trained_pass"]) == ("evaluation", "probe")
+    assert min(from_probe["cka"]) < 0.999
+    assert from_evaluation["cka"] == pytest.approx(from_probe["cka"], abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["other rows", "batch too large", "positional call", "tuple outputs",
+                                  "training forward only", "too few rows"])
+def test_probe_states_not_taken_from_an_evaluation_that_is_not_the_probe_rows(case):
+    """Any doubt that the evaluation pass saw exactly the probe rows, as the probe pass would,
+    leaves the trained states to the probe pass (``trained`` stays None)."""
+    from loraexp.representation_drift import DriftProbe
+
+    loader = _probe_loader(LENGTHS)
+    probe = DriftProbe.from_loader(loader, 8, "cpu")
+    model = tiny_classifier("bert", seed=1)
+    kwargs = {"max_bytes": 0} if case == "batch too large" else {}
+    with probe.taken_from_evaluation(model, **kwargs), torch.no_grad():
+        if case == "other rows":
+            _evaluate(model, _probe_loader(LENGTHS, seed=1))
+        elif case == "positional call":
+            for batch in loader:
+                model(batch["input_ids"], batch["attention_mask"])
+        elif case == "tuple outputs":
+            outputs = [model(**batch, return_dict=False) for batch in loader]
+            assert all(len(out) == 2 for out in outputs)  # (loss, logits): no hidden states added
+        elif case == "training forward only":
+            model.train()
+            _evaluate(model, loader)
+        else:
+            _evaluate(model, loader[:1])
+    assert probe.trained is None
+
+
+def test_probe_states_keep_hidden_states_the_caller_asked_for():
+    from loraexp.representation_drift import DriftProbe
+
+    loader = _probe_loader(LENGTHS)
+    probe = DriftProbe.from_loader(loader, 4, "cpu")
+    model = tiny_classifier("bert")
+    with probe.taken_from_evaluation(model), torch.no_grad():
+        out = model(**loader[0], output_hidden_states=True)
+    assert probe.trained is not None and len(out.hidden_states) == 3

@@ -182,3 +182,22 @@ def test_checks_compare_in_the_weights_dtype_after_mixed_precision(fresh_acceler
     assert reload.passed and reload.precision == "float32" and reload.max_abs_diff <= 1e-5, reload
     with torch.no_grad():  # the wrapper is back: later evaluations run as configured
         assert torch.equal(torch.cat([model(**b).logits for b in BATCHES]), as_trained)
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_adapter_logits_the_caller_has_are_not_computed_again(given, monkeypatch):
+    """The recipe passes the reload check's reference logits; the result is the same and the
+    adapter model runs one pass over the check batches fewer."""
+    from loraexp.analysis import merge
+
+    model, _ = attach_lora(tiny_classifier("bert"), {"r": 4, "lora_alpha": 8, "target_modules": "standard"})
+    _perturb_lora(model)
+    reference = merge.model_logits(model.eval(), BATCHES)
+    passes = []
+    real = merge._logits
+    monkeypatch.setattr(merge, "_logits", lambda m, b: passes.append(m) or real(m, b))
+    _, result = check_merge_equivalence(model, BATCHES, latency_repeats=0,
+                                        adapter_logits=reference if given else None)
+    _, expected = check_merge_equivalence(model, BATCHES, latency_repeats=0)
+    assert result == expected and result.passed
+    assert len(passes) == (2 if given else 3) + 3  # base, [adapter,] merged; then the expected run's three

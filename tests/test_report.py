@@ -45,6 +45,7 @@ def test_every_run_records_representation_drift(tiny_sweep):
         drift = json.loads(metrics.read_text())["representation_drift"]
         assert drift["probe_examples"] == 32  # the whole tiny dev split (< the default 256)
         assert drift["layers"] == ["embeddings", "1", "2"] and len(drift["cka"]) == 3
+        assert drift["trained_pass"] == "evaluation"  # taken from the evaluation, no probe pass of its own
         if "-full-" not in metrics.parent.name:  # LoRA leaves the embeddings as they were
             assert drift["cka"][0] == pytest.approx(1.0, abs=1e-9)
         assert min(drift["cka"]) < 1 - 1e-10, drift["cka"]  # training moved some layer (1 up to rounding otherwise)

@@ -58,6 +58,9 @@ def test_throughput_setting_completes_verified(tiny_bert_dir, tiny_sst2_dir, tmp
     assert verification.merge.precision == "float32" and verification.merge.max_abs_diff <= 1e-6
     assert verification.reload.precision == "float32" and verification.reload.max_abs_diff <= 1e-6
     assert len(recorder.shapes) == 6
+    # drift: the trained states come from the evaluation unless it ran under autocast
+    drift = result.record.representation_drift
+    assert drift["trained_pass"] == ("probe" if "training.bf16" in overrides else "evaluation") and drift["cka"]
     if multiple:
         assert all(length % multiple == 0 for _, length in recorder.shapes), recorder.shapes
 

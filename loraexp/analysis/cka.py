@@ -10,7 +10,7 @@ orthogonal transform and a scale, and lower values mean the adaptation moved tha
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -50,8 +50,30 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def pool_hidden_states(hidden_states: Sequence[torch.Tensor],
+                       attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """Each layer's hidden states averaged over each example's non-padding tokens.
+
+    Args:
+        hidden_states: a model output's ``hidden_states``, one ``(batch, seq, hidden)`` tensor
+            per entry (the embeddings first, then each layer).
+        attention_mask: ``(batch, seq)``, 1 on real tokens; None: every position counts.
+
+    Returns:
+        One ``(batch, hidden)`` float32 CPU tensor per entry of ``hidden_states``.
+    """
+    first = hidden_states[0]
+    if attention_mask is None:
+        attention_mask = torch.ones(first.shape[:2], device=first.device)
+    weights = attention_mask.to(torch.float32).unsqueeze(-1)  # (batch, seq, 1)
+    counts = weights.sum(1).clamp_min(1.0)                    # (batch, 1)
+    return [((hidden.float() * weights).sum(1) / counts).cpu() for hidden in hidden_states]
+
+
+@torch.no_grad()
 def pooled_hidden_states(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> list[torch.Tensor]:
-    """Hidden states of every layer, averaged over each example's non-padding tokens.
+    """Hidden states of every layer, averaged over each example's non-padding tokens
+    (:func:`pool_hidden_states`), the model in eval mode.
 
     Args:
         model: a transformers model (or PEFT model) accepting ``output_hidden_states=True``.
@@ -67,17 +89,11 @@ def pooled_hidden_states(model: torch.nn.Module, batches: Iterable[Mapping[str, 
     layers: list[list[torch.Tensor]] = []
     try:
         for batch in batches:
-            out = model(**batch, output_hidden_states=True)
-            mask = batch.get("attention_mask")
-            if mask is None:
-                mask = torch.ones(batch["input_ids"].shape, device=batch["input_ids"].device)
-            weights = mask.to(torch.float32).unsqueeze(-1)      # (batch, seq, 1)
-            counts = weights.sum(1).clamp_min(1.0)              # (batch, 1)
-            for index, hidden in enumerate(out.hidden_states):  # (batch, seq, hidden)
-                pooled = (hidden.float() * weights).sum(1) / counts
-                if index == len(layers):
-                    layers.append([])
-                layers[index].append(pooled.cpu())
+            pooled = pool_hidden_states(model(**batch, output_hidden_states=True).hidden_states,
+                                        batch.get("attention_mask"))
+            layers = layers or [[] for _ in pooled]
+            for parts, layer in zip(layers, pooled):
+                parts.append(layer)
     finally:
         model.train(was_training)
     return [torch.cat(parts) for parts in layers]

@@ -110,7 +110,8 @@ def _merge_in_float64(peft_model, batches, space: str) -> tuple[float, float, fl
 
 @torch.no_grad()
 def check_merge_equivalence(peft_model, batches: Sequence[dict[str, torch.Tensor]], atol: float = 1e-4,
-                            latency_repeats: int = 3, space: str = "logits", effect_atol: float = 1e-4):
+                            latency_repeats: int = 3, space: str = "logits", effect_atol: float = 1e-4,
+                            adapter_logits: torch.Tensor | None = None):
     """Compare the adapter model with ``merge_and_unload()`` of a copy of it on ``batches``.
 
     The check cannot pass vacuously: it first requires that the adapter changes the output
@@ -141,6 +142,9 @@ def check_merge_equivalence(peft_model, batches: Sequence[dict[str, torch.Tensor
             (``adapter_latency_s`` and ``merged_latency_s`` stay None).
         space: ``logits`` or ``probs`` (softmax over the last dimension).
         effect_atol: the adapter must change some logit by more than this.
+        adapter_logits: :func:`model_logits` of ``peft_model`` on ``batches`` as it is now,
+            when the caller has them (the recipe passes the reload check's reference once that
+            check found the model still gives them bit for bit); None: computed here.
 
     Returns:
         ``(merged_model, result)``; ``result`` is a :class:`~loraexp.record.MergeCheck`:
@@ -156,7 +160,8 @@ def check_merge_equivalence(peft_model, batches: Sequence[dict[str, torch.Tensor
     peft_model.eval()
     with peft_model.disable_adapter():
         base_logits = _logits(peft_model, batches)
-    adapter_logits = _logits(peft_model, batches)
+    if adapter_logits is None:
+        adapter_logits = _logits(peft_model, batches)
     adapter_latency = _seconds_per_batch(peft_model, batches, latency_repeats) if latency_repeats else None
     merged = copy.deepcopy(peft_model).merge_and_unload().eval()
     merged_logits = _logits(merged, batches)
