@@ -19,7 +19,8 @@ spent in callbacks and checkpoint saves, loraexp's minus the bare script's.
 The runs alternate in ABBA order (bare, loraexp, loraexp, bare, ...), so a drift of the
 machine's speed over the invocation weighs on both alike, and loraexp's in-process reuse caches
 (:mod:`loraexp.data_cache`, :mod:`loraexp.base_cache`) are cleared before each of its runs:
-every loraexp run pays what a single run pays, not what a later run of a sweep pays.
+every loraexp run pays what a single run pays, not what a later run of a sweep pays. An even
+``--repeats`` keeps the order balanced (the README's figures: 6).
 
     LORAEXP_DATA_DIR=../shared/data .venv/bin/python benchmarks/overhead.py [--steps 100] [--repeats 4]
 """
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
     parser.add_argument("--repeats", type=int, default=4, help="runs of each, alternating in ABBA order")
     args = parser.parse_args()
+    if args.repeats < 2 or args.repeats % 2:
+        parser.error(f"--repeats must be an even number >= 2 (ABBA order), got {args.repeats}")
     torch.set_num_threads(os.cpu_count() or 1)
     rows = {"bare": [], "loraexp": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -464,8 +464,10 @@ class LoraRecipe:
         import contextlib
 
         args = self.trainer.args
-        exact = not (args.bf16 or args.fp16 or args.bf16_full_eval or args.fp16_full_eval or args.torch_compile)
-        with (self.drift.taken_from_evaluation(self.tuned_model) if self.drift is not None and exact
+        # the base states were taken in the weights' precision, by one module (no DataParallel replicas)
+        same_pass = not (args.bf16 or args.fp16 or args.bf16_full_eval or args.fp16_full_eval or args.torch_compile
+                         or args.n_gpu > 1)
+        with (self.drift.taken_from_evaluation(self.tuned_model) if self.drift is not None and same_pass
               else contextlib.nullcontext()):
             self.record.eval = self.evaluate_as("eval", keep_examples=True)
 

@@ -125,7 +125,7 @@ class DriftProbe:
                 cut = {k: v[:take] for k, v in batch.items() if k != "labels"}
                 groups = length_groups(cut.get("attention_mask"), rows) or [torch.arange(take)]
                 for index in groups:
-                    order.append(index + taken)
+                    order.append(index.cpu() + taken)
                 batches += [{k: v.to(device) for k, v in part.items()} for part in regroup_by_length(cut, rows)]
                 examples += [row.cpu() for row in _real_tokens(cut)]
                 taken += take
@@ -166,8 +166,10 @@ class DriftProbe:
         again, so the evaluation's predictions and metrics are what they were. Rows are taken
         only while each one's real tokens are the next probe example's; a batch whose hidden
         states would exceed ``max_bytes`` (float32, ``(rows, seq, hidden)`` per layer), a
-        mismatch, positional or ``return_dict=False`` calls stop the taking, and
-        :meth:`measure` then runs its own pass. The caller must evaluate in the precision of
+        mismatch, positional or ``return_dict=False`` calls, or any error while taking them
+        stop the taking (the evaluation itself goes on unchanged), and :meth:`measure` then
+        runs its own pass. Hidden states the call or the model's config asked for stay in the
+        output. The caller must evaluate in the precision of
         the weights (no autocast), as the base states were taken.
 
         Args:
@@ -176,45 +178,59 @@ class DriftProbe:
         from loraexp.analysis.cka import pool_hidden_states
 
         max_bytes = EVALUATION_STATES_MAX_BYTES if max_bytes is None else max_bytes
+        from transformers.utils import ModelOutput
+
         config = getattr(model, "config", None)
         per_token = 4 * getattr(config, "hidden_size", 0) * (getattr(config, "num_hidden_layers", -1) + 1)
+        dict_outputs = getattr(config, "use_return_dict", getattr(config, "return_dict", True))
         taken: list[list] = []
         state = {"next": 0, "stopped": self.examples is None or per_token <= 0, "pending": None}
+
+        def setting(kwargs, name: str, default):
+            """A forward argument as the model resolves it: the call's, else the config's."""
+            value = kwargs.get(name)
+            return value if value is not None else default
 
         def before(module, args, kwargs):
             state["pending"] = None
             if state["stopped"] or module.training or state["next"] >= len(self.examples):
                 return None
-            ids = kwargs.get("input_ids")
-            if (args or ids is None or ids.dim() != 2 or kwargs.get("return_dict") is False
-                    or ids.numel() * per_token > max_bytes):
+            try:
+                ids = kwargs.get("input_ids")
+                if (args or ids is None or ids.dim() != 2 or not setting(kwargs, "return_dict", dict_outputs)
+                        or ids.numel() * per_token > max_bytes):
+                    state["stopped"] = True
+                    return None
+                rows = min(len(ids), len(self.examples) - state["next"])
+                mask = kwargs.get("attention_mask")
+                mask = None if mask is None else mask[:rows]
+                real = _real_tokens({"input_ids": ids[:rows], "attention_mask": mask})
+                if not all(_same_tokens(a, b) for a, b in zip(real, self.examples[state["next"]:])):
+                    state["stopped"] = True
+                    return None
+            except Exception:  # a measurement never breaks the evaluation it rides on
                 state["stopped"] = True
                 return None
-            rows = min(len(ids), len(self.examples) - state["next"])
-            mask = kwargs.get("attention_mask")
-            real = _real_tokens({"input_ids": ids[:rows], "attention_mask": None if mask is None else mask[:rows]})
-            expected = self.examples[state["next"]:state["next"] + rows]
-            if not all(_same_tokens(a, b) for a, b in zip(real, expected)):
-                state["stopped"] = True
-                return None
-            state["pending"] = (rows, mask, not kwargs.get("output_hidden_states"))
+            asked = setting(kwargs, "output_hidden_states", getattr(config, "output_hidden_states", False))
+            state["pending"] = (rows, mask, bool(asked))
             return args, {**kwargs, "output_hidden_states": True}
 
         def after(module, args, kwargs, output):
-            if state["pending"] is None:
+            pending, state["pending"] = state["pending"], None
+            if pending is None:
                 return None
-            rows, mask, strip = state["pending"]
-            state["pending"] = None
-            hidden = getattr(output, "hidden_states", None)
-            if hidden is None:
+            rows, mask, asked = pending
+            if not isinstance(output, ModelOutput):  # a model that ignored return_dict: nothing to take out
                 state["stopped"] = True
                 return None
-            pooled = pool_hidden_states([h[:rows] for h in hidden], None if mask is None else mask[:rows])
-            taken.append(pooled)
-            state["next"] += rows
-            if strip:
-                return type(output)(**{k: v for k, v in output.items() if k != "hidden_states"})
-            return None
+            try:
+                taken.append(pool_hidden_states([h[:rows] for h in output.hidden_states], mask))
+                state["next"] += rows
+            except Exception:  # a measurement never breaks the evaluation it rides on
+                state["stopped"] = True
+            if asked:
+                return None
+            return type(output)(**{k: v for k, v in output.items() if not k.endswith("hidden_states")})
 
         handles = [model.register_forward_pre_hook(before, with_kwargs=True),
                    model.register_forward_hook(after, with_kwargs=True)]

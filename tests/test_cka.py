@@ -152,18 +152,32 @@ def test_trained_probe_states_taken_from_the_evaluation_pass_are_the_probe_pass_
 
 
 @pytest.mark.parametrize("case", ["other rows", "batch too large", "positional call", "tuple outputs",
-                                  "training forward only", "too few rows"])
-def test_probe_states_not_taken_from_an_evaluation_that_is_not_the_probe_rows(case):
+                                  "config without return_dict", "pooling fails", "training forward only",
+                                  "too few rows"])
+def test_probe_states_not_taken_from_an_evaluation_that_is_not_the_probe_rows(case, monkeypatch):
     """Any doubt that the evaluation pass saw exactly the probe rows, as the probe pass would,
-    leaves the trained states to the probe pass (``trained`` stays None)."""
+    or any error while taking them, leaves the trained states to the probe pass (``trained``
+    stays None) and the evaluation's outputs as they were."""
     from loraexp.representation_drift import DriftProbe
 
     loader = _probe_loader(LENGTHS)
     probe = DriftProbe.from_loader(loader, 8, "cpu")
     model = tiny_classifier("bert", seed=1)
     kwargs = {"max_bytes": 0} if case == "batch too large" else {}
+    if case == "config without return_dict":
+        model.config.return_dict = False
+    if case == "pooling fails":
+        def fail(*args):
+            raise RuntimeError("out of memory")
+        monkeypatch.setattr("loraexp.analysis.cka.pool_hidden_states", fail)
+    plain = _evaluate(model, loader)
     with probe.taken_from_evaluation(model, **kwargs), torch.no_grad():
-        if case == "other rows":
+        if case in ("config without return_dict", "pooling fails"):
+            outputs = _evaluate(model, loader)
+            assert all(len(a) == len(b) and torch.equal(a[1] if isinstance(a, tuple) else a.logits,
+                                                        b[1] if isinstance(b, tuple) else b.logits)
+                       for a, b in zip(plain, outputs))  # (loss, logits): no hidden states added
+        elif case == "other rows":
             _evaluate(model, _probe_loader(LENGTHS, seed=1))
         elif case == "positional call":
             for batch in loader:
@@ -179,12 +193,15 @@ def test_probe_states_not_taken_from_an_evaluation_that_is_not_the_probe_rows(ca
     assert probe.trained is None
 
 
-def test_probe_states_keep_hidden_states_the_caller_asked_for():
+@pytest.mark.parametrize("asked_by", ["call", "config"])
+def test_probe_states_keep_hidden_states_the_caller_asked_for(asked_by):
     from loraexp.representation_drift import DriftProbe
 
     loader = _probe_loader(LENGTHS)
     probe = DriftProbe.from_loader(loader, 4, "cpu")
     model = tiny_classifier("bert")
+    if asked_by == "config":
+        model.config.output_hidden_states = True
     with probe.taken_from_evaluation(model), torch.no_grad():
-        out = model(**loader[0], output_hidden_states=True)
+        out = model(**loader[0], **({"output_hidden_states": True} if asked_by == "call" else {}))
     assert probe.trained is not None and len(out.hidden_states) == 3

@@ -1,0 +1,95 @@
+"""Where loraexp's training time could differ from the bare PEFT + Trainer script's, measured
+in one process so that the machine's drift (~10% within minutes on a shared 2-core VM) does
+not decide: the parts of ``benchmarks/overhead.py``'s training comparison, alternating.
+
+1. forward + backward of the model loraexp builds (``LoraRecipe`` up to the adapter) and of the
+   bare script's model on the same 6 training batches of 32, ``--repeats`` times each;
+2. ``Trainer.train()`` of loraexp's Trainer (its data, collator, arguments and every callback)
+   and of the bare script's Trainer, ``--steps`` optimizer steps, ``--repeats`` times each.
+
+Prints the medians and their ratio, loraexp / bare.
+
+    LORAEXP_DATA_DIR=../shared/data .venv/bin/python benchmarks/overhead_parts.py [--steps 30] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def forward_backward(model, batches) -> None:
+    """One training-mode forward and backward pass per batch (gradients accumulate; no step)."""
+    model.train()
+    for batch in batches:
+        model(**batch).loss.backward()
+
+
+def main() -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from loraexp.config import build_config
+    from loraexp.models import resolve_model
+    from loraexp.recipe import LoraRecipe
+    from loraexp.tasks import get_task
+
+    parser = argparse.ArgumentParser(description="loraexp vs bare: model and Trainer, side by side in one process")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per Trainer.train()")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of each part")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    tmp = tempfile.mkdtemp()
+    cfg = build_config(overrides={"output_dir": tmp, "training.max_steps": args.steps, "max_train_samples": 3200,
+                                  "tracking.wandb": "disabled"})
+    recipe = LoraRecipe(cfg, os.path.join(tmp, "loraexp"), "loraexp", [])
+    recipe.start(False)
+    for stage in (recipe.load_data, recipe.load_model, recipe.attach_adapter, recipe.build_trainer):
+        stage()
+
+    task, path = get_task(cfg.task), resolve_model(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    train = task.load_split("train", cfg.resolved_data_dir()).shuffle(seed=cfg.data_seed).select(
+        range(cfg.max_train_samples))
+    train = task.tokenize(train, tokenizer, cfg.max_seq_length)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels)
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=cfg.lora["r"], lora_alpha=cfg.lora["lora_alpha"],
+                                             lora_dropout=cfg.lora["lora_dropout"], target_modules=["query", "value"]))
+    bare = Trainer(model=model, args=TrainingArguments(output_dir=os.path.join(tmp, "bare"), seed=cfg.seed,
+                                                       report_to="none", **cfg.training),
+                   train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
+
+    collate = DataCollatorWithPadding(tokenizer)
+    batches = [collate([train[i] for i in range(j * 32, (j + 1) * 32)]) for j in range(6)]
+    parts = {"forward + backward, 6 batches of 32": {"bare": model, "loraexp": recipe.tuned_model},
+             f"Trainer.train(), {args.steps} steps": {"bare": bare, "loraexp": recipe.trainer}}
+    for part, runs in parts.items():
+        seconds: dict[str, list[float]] = {"bare": [], "loraexp": []}
+        for i in range(args.repeats):
+            for kind in ("bare", "loraexp") if i % 2 == 0 else ("loraexp", "bare"):
+                start = time.perf_counter()
+                if isinstance(runs[kind], Trainer):
+                    runs[kind].train()  # Trainer.train(): the whole training run
+                else:
+                    forward_backward(runs[kind], batches)
+                seconds[kind].append(time.perf_counter() - start)
+        med = {kind: statistics.median(v) for kind, v in seconds.items()}
+        print(f"{part}: bare {med['bare']:.2f} s, loraexp {med['loraexp']:.2f} s, ratio "
+              f"{med['loraexp'] / med['bare']:.3f} (median of {args.repeats}; bare "
+              f"{', '.join(f'{s:.2f}' for s in seconds['bare'])}; loraexp "
+              f"{', '.join(f'{s:.2f}' for s in seconds['loraexp'])})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
