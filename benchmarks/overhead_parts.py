@@ -3,11 +3,12 @@ in one process so that the machine's drift (~10% within minutes on a shared 2-co
 not decide: the parts of ``benchmarks/overhead.py``'s training comparison, alternating.
 
 1. forward + backward of the model loraexp builds (``LoraRecipe`` up to the adapter) and of the
-   bare script's model on the same 6 training batches of 32, ``--repeats`` times each;
+   bare script's model on the same 6 training batches of 32, ``--repeats`` times each after one
+   warm-up pass each;
 2. ``Trainer.train()`` of loraexp's Trainer (its data, collator, arguments and every callback)
    and of the bare script's Trainer, ``--steps`` optimizer steps, ``--repeats`` times each.
 
-Prints the medians and their ratio, loraexp / bare.
+Prints the medians and their ratio, loraexp / bare, and every timing (ABBA order).
 
     LORAEXP_DATA_DIR=../shared/data .venv/bin/python benchmarks/overhead_parts.py [--steps 30] [--repeats 3]
 """
@@ -74,6 +75,8 @@ def main() -> None:
     batches = [collate([train[i] for i in range(j * 32, (j + 1) * 32)]) for j in range(6)]
     parts = {"forward + backward, 6 batches of 32": {"bare": model, "loraexp": recipe.tuned_model},
              f"Trainer.train(), {args.steps} steps": {"bare": bare, "loraexp": recipe.trainer}}
+    for model_ in parts["forward + backward, 6 batches of 32"].values():
+        forward_backward(model_, batches)  # warm-up: the first pass allocates what later ones reuse
     for part, runs in parts.items():
         seconds: dict[str, list[float]] = {"bare": [], "loraexp": []}
         for i in range(args.repeats):
