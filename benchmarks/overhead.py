@@ -75,9 +75,11 @@ def _timed(function, totals: list[float], start_new: bool = False):
     return timed
 
 
-transformers.Trainer.train = _timed(transformers.Trainer.train, TRAIN_SECONDS, start_new=True)
-CallbackHandler.call_event = _timed(CallbackHandler.call_event, CALLBACK_SECONDS)
-transformers.Trainer._save_checkpoint = _timed(transformers.Trainer._save_checkpoint, SAVE_SECONDS)
+def install_timers() -> None:
+    """Time every ``Trainer.train()`` and, inside it, the callbacks and checkpoint saves."""
+    transformers.Trainer.train = _timed(transformers.Trainer.train, TRAIN_SECONDS, start_new=True)
+    CallbackHandler.call_event = _timed(CallbackHandler.call_event, CALLBACK_SECONDS)
+    transformers.Trainer._save_checkpoint = _timed(transformers.Trainer._save_checkpoint, SAVE_SECONDS)
 
 
 def paired_ratio(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
@@ -91,8 +93,10 @@ def paired_ratio(pairs: list[tuple[float, float]]) -> tuple[float, float, float]
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
-def bare(cfg, out: str) -> float:
-    """The PEFT + Trainer script a researcher would write by hand."""
+def bare_trainer(cfg, out: str):
+    """The ``Trainer`` of the PEFT + Trainer script a researcher would write by hand: the task's
+    splits (training subsampled with ``data_seed`` as loraexp does), the pretrained model with
+    LoRA on query and value, ``cfg.training`` as ``TrainingArguments``, seeded with ``cfg.seed``."""
     from peft import LoraConfig, get_peft_model
     from transformers import (
         AutoModelForSequenceClassification,
@@ -106,7 +110,6 @@ def bare(cfg, out: str) -> float:
     from loraexp.models import resolve_model
     from loraexp.tasks import get_task
 
-    start = time.perf_counter()
     set_seed(cfg.seed)
     task = get_task(cfg.task)
     path = resolve_model(cfg.model)
@@ -119,12 +122,19 @@ def bare(cfg, out: str) -> float:
     model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=cfg.lora["r"], lora_alpha=cfg.lora["lora_alpha"],
                                              lora_dropout=cfg.lora["lora_dropout"], target_modules=["query", "value"]))
     args = TrainingArguments(output_dir=out, seed=cfg.seed, report_to="none", **cfg.training)
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
-                      data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids))
+    return Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
+                   data_collator=DataCollatorWithPadding(tokenizer),
+                   compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids))
+
+
+def bare(cfg, out: str) -> float:
+    """The bare script end to end (:func:`bare_trainer`: load, tokenize; train, evaluate, save
+    the adapter); its wall time in seconds."""
+    start = time.perf_counter()
+    trainer = bare_trainer(cfg, out)
     trainer.train()
     trainer.evaluate()
-    model.save_pretrained(os.path.join(out, "adapter"))
+    trainer.model.save_pretrained(os.path.join(out, "adapter"))
     return time.perf_counter() - start
 
 
@@ -136,6 +146,7 @@ def main() -> None:
     if args.repeats < 2 or args.repeats % 2:
         parser.error(f"--repeats must be an even number >= 2 (ABBA order), got {args.repeats}")
     torch.set_num_threads(os.cpu_count() or 1)
+    install_timers()
     rows = {"bare": [], "loraexp": []}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config(overrides={"output_dir": tmp, "training.max_steps": args.steps,

@@ -32,19 +32,11 @@ def forward_backward(model, batches) -> None:
 
 
 def main() -> None:
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-    )
+    from overhead import bare_trainer
+    from transformers import Trainer
 
     from loraexp.config import build_config
-    from loraexp.models import resolve_model
     from loraexp.recipe import LoraRecipe
-    from loraexp.tasks import get_task
 
     parser = argparse.ArgumentParser(description="loraexp vs bare: model and Trainer, side by side in one process")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per Trainer.train()")
@@ -59,20 +51,9 @@ def main() -> None:
     for stage in (recipe.load_data, recipe.load_model, recipe.attach_adapter, recipe.build_trainer):
         stage()
 
-    task, path = get_task(cfg.task), resolve_model(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    train = task.load_split("train", cfg.resolved_data_dir()).shuffle(seed=cfg.data_seed).select(
-        range(cfg.max_train_samples))
-    train = task.tokenize(train, tokenizer, cfg.max_seq_length)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels)
-    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=cfg.lora["r"], lora_alpha=cfg.lora["lora_alpha"],
-                                             lora_dropout=cfg.lora["lora_dropout"], target_modules=["query", "value"]))
-    bare = Trainer(model=model, args=TrainingArguments(output_dir=os.path.join(tmp, "bare"), seed=cfg.seed,
-                                                       report_to="none", **cfg.training),
-                   train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
-
-    collate = DataCollatorWithPadding(tokenizer)
-    batches = [collate([train[i] for i in range(j * 32, (j + 1) * 32)]) for j in range(6)]
+    bare = bare_trainer(cfg, os.path.join(tmp, "bare"))
+    model, train = bare.model, bare.train_dataset
+    batches = [bare.data_collator([train[i] for i in range(j * 32, (j + 1) * 32)]) for j in range(6)]
     parts = {"forward + backward, 6 batches of 32": {"bare": model, "loraexp": recipe.tuned_model},
              f"Trainer.train(), {args.steps} steps": {"bare": bare, "loraexp": recipe.trainer}}
     for model_ in parts["forward + backward, 6 batches of 32"].values():

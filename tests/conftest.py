@@ -154,15 +154,22 @@ def smollm2_dir(smollm2_cache) -> str:
 def tiny_causal_lm_dir(tmp_path_factory, smollm2_dir) -> str:
     """A 2-layer, 16-wide Llama causal LM with SmolLM2's tokenizer (49,152 tokens, ChatML chat
     template), saved as a local model directory: causal-LM runs end to end in seconds."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-lm"), tokenizer, vocab_size=len(tokenizer),
+                           hidden_size=32, intermediate_size=48, max_position_embeddings=256,
+                           tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
+
+
+def save_tiny_llama(path, tokenizer, **config) -> str:
+    """A randomly initialised (seed 0) 2-layer Llama causal LM with ``config`` (2 heads, 1
+    key/value head, ``tokenizer``'s pad token) and ``tokenizer``, saved to ``path``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         pad_token_id=tokenizer.pad_token_id, **config)
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama-lm")
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)

@@ -22,17 +22,13 @@ FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "tra
 @pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory, minilm_path) -> str:
     """A 2-layer Llama causal LM with MiniLM's tokenizer, saved as a local model directory."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    from tests.conftest import save_tiny_llama
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer, vocab_size=tokenizer.vocab_size,
+                           hidden_size=16, intermediate_size=24, max_position_embeddings=128)
 
 
 @pytest.fixture(scope="module")
