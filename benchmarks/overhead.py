@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
     parser.add_argument("--repeats", type=int, default=4, help="runs of each, alternating in ABBA order")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.repeats < 2 or args.repeats % 2:
         parser.error(f"--repeats must be an even number >= 2 (ABBA order), got {args.repeats}")
     torch.set_num_threads(os.cpu_count() or 1)

@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per Trainer.train()")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of each part")
     args = parser.parse_args()
+    if args.steps < 1 or args.repeats < 1:
+        parser.error(f"--steps and --repeats must be >= 1, got {args.steps} and {args.repeats}")
     torch.set_num_threads(os.cpu_count() or 1)
     tmp = tempfile.mkdtemp()
     cfg = build_config(overrides={"output_dir": tmp, "training.max_steps": args.steps, "max_train_samples": 3200,
