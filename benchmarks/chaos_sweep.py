@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from loraexp.storage import RunStore
+from loraexp.results.storage import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "chaos-grid"

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from loraexp.storage import RunStore
+from loraexp.results.storage import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "experiments" / "lora_finetune.py")
@@ -288,8 +288,8 @@ class Faults:
         script = textwrap.dedent(f"""
             import sys
             from transformers import TrainerCallback
-            from loraexp.config import load_config
-            from loraexp.runner import run_sweep
+            from loraexp.config.load import load_config
+            from loraexp.sweep.runner import run_sweep
             sys.argv = [""]
 
             class NanAtStep7(TrainerCallback):  # a loss spike: the 7th training forward returns NaN
@@ -303,8 +303,8 @@ class Faults:
                         return output
                     model.register_forward_hook(poison, prepend=True)
 
-            from loraexp.cli import build_parser, flag_values
-            from loraexp.config import parse_set_overrides
+            from loraexp.cli.main import build_parser, flag_values
+            from loraexp.config.load import parse_set_overrides
             args = build_parser().parse_args({BASE[:] + ["--output-dir", str(out)]!r})
             cfg = load_config(None, overrides=parse_set_overrides(args.overrides), cli=flag_values(args))
             result = run_sweep(cfg, progress=False, extra_callbacks=[NanAtStep7()])

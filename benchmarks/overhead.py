@@ -18,7 +18,7 @@ spent in callbacks and checkpoint saves, loraexp's minus the bare script's.
 
 The runs alternate in ABBA order (bare, loraexp, loraexp, bare, ...), so a drift of the
 machine's speed over the invocation weighs on both alike, and loraexp's in-process reuse caches
-(:mod:`loraexp.data_cache`, :mod:`loraexp.base_cache`) are cleared before each of its runs:
+(:mod:`loraexp.tasks.data_cache`, :mod:`loraexp.model.base_cache`) are cleared before each of its runs:
 every loraexp run pays what a single run pays, not what a later run of a sweep pays. An even
 ``--repeats`` keeps the order balanced (the README's figures: 6).
 
@@ -39,9 +39,10 @@ import transformers
 from scipy import stats
 from transformers.trainer_callback import CallbackHandler
 
-from loraexp import base_cache, data_cache
-from loraexp.config import build_config
-from loraexp.recipe import run_experiment
+from loraexp.config.load import build_config
+from loraexp.model import base_cache
+from loraexp.run.recipe import run_experiment
+from loraexp.tasks import data_cache
 
 TRAIN_TARGET = 1.03  # loraexp / bare, Trainer.train() wall time
 END_TO_END_TARGET = 1.10  # loraexp / bare, load to saved adapter
@@ -107,7 +108,7 @@ def bare_trainer(cfg, out: str):
         set_seed,
     )
 
-    from loraexp.models import resolve_model
+    from loraexp.model.load import resolve_model
     from loraexp.tasks import get_task
 
     set_seed(cfg.seed)

@@ -35,8 +35,8 @@ def main() -> None:
     from overhead import bare_trainer
     from transformers import Trainer
 
-    from loraexp.config import build_config
-    from loraexp.recipe import LoraRecipe
+    from loraexp.config.load import build_config
+    from loraexp.run.recipe import LoraRecipe
 
     parser = argparse.ArgumentParser(description="loraexp vs bare: model and Trainer, side by side in one process")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per Trainer.train()")
@@ -49,14 +49,16 @@ def main() -> None:
     cfg = build_config(overrides={"output_dir": tmp, "training.max_steps": args.steps, "max_train_samples": 3200,
                                   "tracking.wandb": "disabled"})
     recipe = LoraRecipe(cfg, os.path.join(tmp, "loraexp"), "loraexp", [])
-    recipe.start(False)
-    for stage in (recipe.load_data, recipe.load_model, recipe.attach_adapter, recipe.build_trainer):
-        stage()
+    plan = recipe.start(False)
+    data = recipe.load_data()
+    base = recipe.load_model(data)
+    tuned = recipe.attach_adapter(data, base)
+    recipe.build_trainer(data, base, tuned, plan)
 
     bare = bare_trainer(cfg, os.path.join(tmp, "bare"))
     model, train = bare.model, bare.train_dataset
     batches = [bare.data_collator([train[i] for i in range(j * 32, (j + 1) * 32)]) for j in range(6)]
-    parts = {"forward + backward, 6 batches of 32": {"bare": model, "loraexp": recipe.tuned_model},
+    parts = {"forward + backward, 6 batches of 32": {"bare": model, "loraexp": tuned.model},
              f"Trainer.train(), {args.steps} steps": {"bare": bare, "loraexp": recipe.trainer}}
     for model_ in parts["forward + backward, 6 batches of 32"].values():
         forward_backward(model_, batches)  # warm-up: the first pass allocates what later ones reuse

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from loraexp.storage import RunStore
+from loraexp.results.storage import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "experiments" / "lora_finetune.py")

@@ -20,8 +20,8 @@ import logging
 import time
 from pathlib import Path
 
-from loraexp.config import build_config
-from loraexp.runner import run_sweep
+from loraexp.config.load import build_config
+from loraexp.sweep.runner import run_sweep
 
 RANKS = [4, 8, 16]
 LEARNING_RATES = [5e-4, 1e-3, 2e-3, 4e-3]

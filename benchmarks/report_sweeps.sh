@@ -19,7 +19,7 @@ for run in "$OUT"/sst2-rank/sst2-minilm-full-s* "$OUT"/sst2-rank/sst2-minilm-r8-
 done
 "$PY" experiments/lora_finetune.py --task sst2 --mode ablation --ablation-type method --seeds $SEEDS \
     --max-train-samples 2000 --output-dir "$OUT" --set sweep.name=sst2-method --no-progress 2>&1 | tee "$OUT/sst2-method.log"
-"$PY" -m loraexp.cli report "$OUT/sst2-rank" --confirm 2>&1 | tee "$OUT/sst2-rank-confirm.log"
+"$PY" -m loraexp.cli.main report "$OUT/sst2-rank" --confirm 2>&1 | tee "$OUT/sst2-rank-confirm.log"
 for sweep in sst2-rank sst2-method; do
   bash scripts/screenshot_report.sh "$OUT/$sweep"
 done

@@ -6,7 +6,7 @@ Usage: .venv/bin/python benchmarks/research_question_figures.py [OUTPUT_DIR]
 For each sweep: the runs' statuses and verification, the sum of their wall times (seconds,
 from metrics.json: model loading, training, evaluation and checks; process start-up not
 included), and the configurations' comparison exactly as the summary computes it
-(loraexp.comparison with the sweep's own settings).
+(loraexp.results.comparison with the sweep's own settings).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from loraexp.comparison import Settings, compare, render_markdown
-from loraexp.config import build_config
-from loraexp.objective import objective
-from loraexp.storage import RunStore
-from loraexp.sweep import expand
+from loraexp.config.load import build_config
+from loraexp.results.comparison import Settings, compare, render_markdown
+from loraexp.results.storage import RunStore
+from loraexp.sweep.expand import expand
+from loraexp.sweep.metric import objective
 
 # (sweep directory, the command's settings as dotted keys; the run names come from expand())
 SWEEPS = {

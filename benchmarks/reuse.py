@@ -27,8 +27,10 @@ import time
 
 import torch
 
-from loraexp import base_cache, data_cache, recipe
-from loraexp.config import build_config
+from loraexp.config.load import build_config
+from loraexp.model import base_cache
+from loraexp.run import recipe
+from loraexp.tasks import data_cache
 
 MODELS = {"minilm": "sst2", "smollm2-135m": "sst2"}
 MODES = ("off", "map", "copy")

@@ -21,9 +21,9 @@ compiled during training of each repeat (one graph break splits a model in sever
 grows with the batch shapes means recompiles) and run status. Then
 the seed interval: fp32 and one candidate (the fastest completed setting, or ``--candidate``)
 over ``--seeds`` (runs at the timing seed are reused), each mean ± 95% Student-t interval
-(:func:`loraexp.statistics.seed_interval`), whether the candidate's mean lies inside fp32's
+(:func:`loraexp.results.statistics.seed_interval`), whether the candidate's mean lies inside fp32's
 interval, and candidate − fp32 with its paired bootstrap interval over the dev examples and
-seeds (:func:`loraexp.statistics.paired_difference`).
+seeds (:func:`loraexp.results.statistics.paired_difference`).
 
     LORAEXP_DATA_DIR=../shared/data .venv/bin/python benchmarks/throughput.py \\
         [--steps 100] [--train-samples 3200] [--repeats 2] [--seeds 42 1337 2024] [--settings fp32 bf16 ...]
@@ -47,9 +47,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from loraexp.config import build_config
+from loraexp.config.load import build_config
 from loraexp.errors import ConfigError
-from loraexp.recipe import run_experiment
+from loraexp.run.recipe import run_experiment
 
 TRAIN_SECONDS: list[float] = []
 GRAPHS_COMPILED: list[int] = []  # torch.compile graphs compiled during each Trainer.train (0 without compile)
@@ -124,7 +124,7 @@ def run_once(args: argparse.Namespace, root: Path, setting: str, seed: int, labe
 
 
 def _fmt_interval(values: list[float]) -> str:
-    from loraexp.statistics import seed_interval
+    from loraexp.results.statistics import seed_interval
 
     si = seed_interval(values)
     if si.low is None:
@@ -155,7 +155,7 @@ def timing_table(rows: list[dict], settings: list[str]) -> str:
 def seed_comparison(args: argparse.Namespace, root: Path, rows: list[dict], candidate: str) -> None:
     """fp32 and ``candidate`` over ``args.seeds``: each mean ± t-interval, the verdict, and the
     paired bootstrap of candidate − fp32 over the dev examples and seeds."""
-    from loraexp.statistics import PREDICTIONS_FILE, load_scores, paired_difference, seed_interval
+    from loraexp.results.statistics import PREDICTIONS_FILE, load_scores, paired_difference, seed_interval
 
     runs: dict[str, list[dict]] = {"fp32": [], candidate: []}
     for setting in runs:

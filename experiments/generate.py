@@ -3,7 +3,7 @@
 
 import sys
 
-from loraexp.generate_cli import main
+from loraexp.cli.generate import main
 
 if __name__ == "__main__":
     sys.exit(main())

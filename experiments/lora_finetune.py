@@ -3,7 +3,7 @@
 
 import sys
 
-from loraexp.cli import main
+from loraexp.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

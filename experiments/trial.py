@@ -3,7 +3,7 @@
 
 import sys
 
-from loraexp.scale_out.trial_cli import main
+from loraexp.cli.trial import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,10 +13,12 @@ from typing import Any
 _EXPORTS = {
     "ConfigError": "loraexp.errors", "DataError": "loraexp.errors", "LoraexpError": "loraexp.errors",
     "ModelError": "loraexp.errors", "VerificationError": "loraexp.errors",
-    "ExperimentConfig": "loraexp.schema", "build_config": "loraexp.config", "load_config": "loraexp.config",
-    "expand": "loraexp.sweep", "RunRecord": "loraexp.record",
-    "run_experiment": "loraexp.recipe", "RunResult": "loraexp.record", "SweepResult": "loraexp.runner",
-    "run_sweep": "loraexp.runner",
+    "ExperimentConfig": "loraexp.config.schema",
+    "build_config": "loraexp.config.load", "load_config": "loraexp.config.load",
+    "expand": "loraexp.sweep.expand",
+    "RunRecord": "loraexp.results.record", "RunResult": "loraexp.results.record",
+    "run_experiment": "loraexp.run.recipe",
+    "SweepResult": "loraexp.sweep.runner", "run_sweep": "loraexp.sweep.runner",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-from loraexp.config_reference import render_reference
+from loraexp.config.reference import render_reference
 
 if __name__ == "__main__":
     path = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"

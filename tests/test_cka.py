@@ -81,7 +81,7 @@ def test_layerwise_cka_needs_the_same_layers():
     ([3, 7, 2, 5], True, None),                            # left padding: positions matter, kept whole
 ])
 def test_probe_rows_are_regrouped_by_length_without_changing_the_drift(lengths, left_padded, groups):
-    from loraexp.representation_drift import regroup_by_length
+    from loraexp.run.representation_drift import regroup_by_length
     from tests.conftest import tiny_classifier
 
     width = max(lengths) + 2
@@ -130,7 +130,7 @@ LENGTHS = [3, 7, 2, 5, 7, 1, 4, 6, 2, 5]
 
 @pytest.mark.parametrize("wanted", [10, 6, 3])
 def test_trained_probe_states_taken_from_the_evaluation_pass_are_the_probe_pass_states(wanted):
-    from loraexp.representation_drift import DriftProbe
+    from loraexp.run.representation_drift import DriftProbe
 
     loader = _probe_loader(LENGTHS)
     probe = DriftProbe.from_loader(loader, wanted, "cpu", rows=3)
@@ -158,7 +158,7 @@ def test_probe_states_not_taken_from_an_evaluation_that_is_not_the_probe_rows(ca
     """Any doubt that the evaluation pass saw exactly the probe rows, as the probe pass would,
     or any error while taking them, leaves the trained states to the probe pass (``trained``
     stays None) and the evaluation's outputs as they were."""
-    from loraexp.representation_drift import DriftProbe
+    from loraexp.run.representation_drift import DriftProbe
 
     loader = _probe_loader(LENGTHS)
     probe = DriftProbe.from_loader(loader, 8, "cpu")
@@ -195,7 +195,7 @@ def test_probe_states_not_taken_from_an_evaluation_that_is_not_the_probe_rows(ca
 
 @pytest.mark.parametrize("asked_by", ["call", "config"])
 def test_probe_states_keep_hidden_states_the_caller_asked_for(asked_by):
-    from loraexp.representation_drift import DriftProbe
+    from loraexp.run.representation_drift import DriftProbe
 
     loader = _probe_loader(LENGTHS)
     probe = DriftProbe.from_loader(loader, 4, "cpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loraexp.cli import main
+from loraexp.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

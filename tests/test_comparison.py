@@ -8,12 +8,13 @@ import csv
 import numpy as np
 import pytest
 
-from loraexp.config import build_config
-from loraexp.runner import run_sweep
-from loraexp.sweep import expand
+from loraexp.config.load import build_config
+from loraexp.sweep.expand import expand
+from loraexp.sweep.runner import run_sweep
+from tests.conftest import FAST
 
-FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "verification.latency_repeats": 1,
-        "training.learning_rate": 1e-2, "method_options.full_learning_rate": 1e-3, "sweep.bootstrap_resamples": 500}
+FAST = {**FAST, "method_options.full_learning_rate": 1e-3, "sweep.bootstrap_resamples": 500}
+
 
 
 def _cfg(**overrides):
@@ -106,8 +107,8 @@ def test_seeded_ablation_with_baseline_writes_the_comparison(tiny_bert_dir, tiny
     assert len(comparison.verdict_lines()) == 2
     # a truncated predictions file (a kill mid-write on an old version, a disk fault) loses that
     # configuration's paired difference, not the summary
-    from loraexp.comparison import Settings
-    from loraexp.summary import write_sweep_summary
+    from loraexp.results.comparison import Settings
+    from loraexp.results.summary import write_sweep_summary
 
     damaged = result.runs[0].run_dir / "predictions.npz"
     damaged.write_bytes(damaged.read_bytes()[:50])

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraexp.config import ExperimentConfig, build_config, load_config, parse_set_overrides
+from loraexp.config.load import ExperimentConfig, build_config, load_config, parse_set_overrides
 from loraexp.errors import ConfigError
-from loraexp.sweep import expand, format_lr, run_name, sweep_name
+from loraexp.results.naming import format_lr, run_name, sweep_name
+from loraexp.sweep.expand import expand
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -114,14 +115,14 @@ def test_wrong_types_name_the_expected_type():
      lambda: {f.name for f in dataclasses.fields(__import__("transformers").TrainingArguments)}),
 ])
 def test_the_cheap_key_lists_are_fields_of_peft_and_transformers(keys, fields):
-    from loraexp import validation
+    from loraexp.config import checks as validation
 
     assert getattr(validation, keys) <= fields()
 
 
 def test_the_lora_alpha_2r_rule_and_default_ranks_live_once():
-    from loraexp import variants
-    from loraexp.schema import DEFAULT_LORA, SweepConfig, lora_alpha_for_rank
+    from loraexp.config.schema import DEFAULT_LORA, SweepConfig, lora_alpha_for_rank
+    from loraexp.sweep import axes as variants
 
     assert DEFAULT_LORA["lora_alpha"] == lora_alpha_for_rank(DEFAULT_LORA["r"]) == 16
     assert list(variants.DEFAULT_RANKS) == SweepConfig().ranks
@@ -141,7 +142,7 @@ def test_data_dir_comes_from_the_environment(monkeypatch):
 def test_run_ids_stay_those_of_earlier_versions(cli, run_id):
     """A new config field that is unset must not change existing run ids (a rerun of a sweep
     would not find its finished runs): ids computed with loraexp at fc2595f."""
-    from loraexp.config import load_config
+    from loraexp.config.load import load_config
 
     assert load_config(cli=cli).run_id == run_id
 

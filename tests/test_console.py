@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from loraexp import console
-from loraexp.cli import main
-from loraexp.runner import SweepResult
+from loraexp.cli import console
+from loraexp.cli.main import main
+from loraexp.sweep.runner import SweepResult
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "wandb")
 
@@ -21,7 +21,7 @@ HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "wandb")
 @pytest.mark.parametrize("argv, code", [(["--help"], 0), (["--task", "cola"], 2), (["--set", "lora.r=0"], 2),
                                         (["--data-dir", "/no/such/data"], 2), (["--model", "./no/such/model"], 2)])
 def test_help_and_early_errors_import_no_heavy_library(argv, code):
-    script = (f"import sys\nfrom loraexp.cli import main\ntry:\n    code = main({argv!r})\n"
+    script = (f"import sys\nfrom loraexp.cli.main import main\ntry:\n    code = main({argv!r})\n"
               f"except SystemExit as exc:\n    code = exc.code\n"
               f"print('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules), 'code:', code)")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from loraexp.analysis.convergence import loss_decrease
-from loraexp.cli import main
+from loraexp.cli.main import main
 
 
 def _history(*losses, every=10):

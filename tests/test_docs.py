@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loraexp.config_reference import render_reference
+from loraexp.config.reference import render_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from loraexp.errors import ModelError
-from loraexp.gguf_models import CACHE_ENV, SOURCE_RECORD, cache_root, gguf_to_hf, packaged_file
-from loraexp.models import resolve_model
+from loraexp.model.gguf import CACHE_ENV, SOURCE_RECORD, cache_root, gguf_to_hf, packaged_file
+from loraexp.model.load import resolve_model
 
 
 def test_missing_package_says_how_to_install_it():

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from loraexp.cli import main
-from loraexp.gguf_models import CACHE_ENV
+from loraexp.cli.main import main
+from loraexp.model.gguf import CACHE_ENV
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from loraexp.analysis.merge import check_merge_equivalence
-from loraexp.models import attach_lora
+from loraexp.model.load import attach_lora
+from loraexp.run.merge_check import check_merge_equivalence
 from tests.conftest import tiny_classifier
 
 BATCHES = [{"input_ids": torch.randint(1, 100, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
@@ -39,7 +39,7 @@ def test_merged_model_matches_adapter_model(arch, preset):
 @pytest.mark.parametrize("repeats,timed", [(0, False), (1, True), (2, True)])
 def test_latency_is_timed_only_on_request(repeats, timed, monkeypatch):
     """``latency_repeats`` 0 (the default): no timed passes, latencies recorded as not measured."""
-    from loraexp.analysis import merge
+    from loraexp.run import merge_check as merge
 
     passes = []
     real = merge._seconds_per_batch
@@ -58,7 +58,7 @@ def test_latency_is_timed_only_on_request(repeats, timed, monkeypatch):
     ({"input_ids": [[5, 6, 0, 0]]}, 4),                                                                # no mask
 ])
 def test_check_batches_drop_the_padding_every_row_has_at_the_end(batch, length):
-    from loraexp.recipe import trim_padding
+    from loraexp.run.merge_check import trim_padding
 
     batch = {k: torch.tensor(v) for k, v in batch.items()}
     trimmed = trim_padding({**batch, "token_type_ids": torch.zeros_like(batch["input_ids"]), "ids": torch.arange(2)})
@@ -159,7 +159,7 @@ def test_checks_compare_in_the_weights_dtype_after_mixed_precision(fresh_acceler
 
     from accelerate import Accelerator
 
-    from loraexp.analysis.merge import check_adapter_reload, model_logits, stored_precision
+    from loraexp.run.merge_check import check_adapter_reload, model_logits, stored_precision
 
     base = _base_with_loud_head()
     original = copy.deepcopy(base)
@@ -188,7 +188,7 @@ def test_checks_compare_in_the_weights_dtype_after_mixed_precision(fresh_acceler
 def test_adapter_logits_the_caller_has_are_not_computed_again(given, monkeypatch):
     """The recipe passes the reload check's reference logits; the result is the same and the
     adapter model runs one pass over the check batches fewer."""
-    from loraexp.analysis import merge
+    from loraexp.run import merge_check as merge
 
     model, _ = attach_lora(tiny_classifier("bert"), {"r": 4, "lora_alpha": 8, "target_modules": "standard"})
     _perturb_lora(model)

@@ -11,14 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
-from loraexp.adapters import load_adapter
-from loraexp.config import build_config
-from loraexp.runner import run_sweep
-from loraexp.statistics import load_scores
+from loraexp.config.load import build_config
+from loraexp.model.adapters import load_adapter
+from loraexp.results.statistics import load_scores
+from loraexp.sweep.runner import run_sweep
+from tests.conftest import FAST
 
-FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "training.logging_steps": 1,
-        "tracking.stats_every_steps": 3, "verification.latency_repeats": 1, "training.learning_rate": 1e-2,
-        "method_options.full_learning_rate": 1e-3}
+FAST = {**FAST, "method_options.full_learning_rate": 1e-3}
+
 LORA_METHODS = ("lora", "rslora", "dora", "pissa", "olora", "lora-plus", "eva")
 NOT_APPLICABLE_TO_FULL = {"frozen_base", "grad_flow", "merge", "reload", "convergence"}  # convergence: off by default
 

@@ -20,13 +20,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from loraexp.checkpoints import is_complete
-from loraexp.config import build_config
+from loraexp.config.load import build_config
 from loraexp.errors import ConfigError
-from loraexp.recipe import run_experiment
-from loraexp.run_state import decide
-from loraexp.runner import run_sweep
-from loraexp.storage import RunStore, is_disk_full
+from loraexp.results.storage import RunStore, is_disk_full
+from loraexp.run.checkpoints import is_complete
+from loraexp.run.recipe import run_experiment
+from loraexp.run.run_state import decide
+from loraexp.sweep.runner import run_sweep
 from tests.conftest import write_tiny_sst2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_sigterm_saves_a_checkpoint_after_the_step_and_resume_is_bit_identical(
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_the_guard_defers_a_first_signal_while_training_and_raises_elsewhere(signum):
-    from loraexp.preemption import Preempted, PreemptionGuard
+    from loraexp.run.preemption import Preempted, PreemptionGuard
 
     before = signal.getsignal(signum)
     with PreemptionGuard() as guard:
@@ -139,13 +139,24 @@ def test_a_trainer_that_stops_early_is_not_completed(tiny_bert_dir, tiny_sst2_di
     assert result.metrics["completion"]["trained_steps"] == 3
 
 
-@pytest.fixture
-def completed_sweep(tiny_bert_dir, tiny_sst2_dir, tmp_path):
-    cfg = _config(tiny_bert_dir, tiny_sst2_dir, tmp_path / "out", **{"training.max_steps": 4})
-    first = run_sweep(cfg, progress=False)
+@pytest.fixture(scope="module")
+def completed_sweep_template(tiny_bert_dir, module_sst2_dir, tmp_path_factory):
+    """A completed one-run sweep, trained once per module; read-only (tests take a copy)."""
+    out = tmp_path_factory.mktemp("completed") / "out"
+    first = run_sweep(_config(tiny_bert_dir, module_sst2_dir, out, **{"training.max_steps": 4}), progress=False)
     assert first.all_completed
     (result,) = first.runs
-    return cfg, result.run_dir
+    return out, result.run_dir.relative_to(out)
+
+
+@pytest.fixture
+def completed_sweep(completed_sweep_template, tiny_bert_dir, tiny_sst2_dir, tmp_path):
+    """A copy of the completed sweep for this test, its config pointing at this test's data
+    directory (the same rows: the same data fingerprint) and at the copy."""
+    template, run = completed_sweep_template
+    shutil.copytree(template, tmp_path / "out")
+    cfg = _config(tiny_bert_dir, tiny_sst2_dir, tmp_path / "out", **{"training.max_steps": 4})
+    return cfg, tmp_path / "out" / run
 
 
 @pytest.mark.parametrize("damage", ["delete adapter", "replace adapter file", "delete predictions"])
@@ -168,7 +179,7 @@ def test_a_completed_run_whose_files_are_gone_is_trained_again(completed_sweep, 
 
 
 def test_the_skip_decision_compares_identity_and_data_inside_the_lock(completed_sweep, tiny_sst2_dir, tmp_path):
-    from loraexp.config import apply_overrides
+    from loraexp.config.load import apply_overrides
 
     cfg, run_dir = completed_sweep
     store = RunStore(run_dir)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from loraexp.config import build_config, load_config
+from loraexp.config.load import build_config, load_config
 from loraexp.errors import ConfigError, DataError, ModelError
-from loraexp.models import check_model_dir
-from loraexp.preflight import _check_lora, _check_max_seq_length, _check_wandb_login, _skeleton, preflight
-from loraexp.sweep import expand
+from loraexp.model.load import check_model_dir
+from loraexp.sweep.expand import expand
+from loraexp.sweep.preflight import _check_lora, _check_max_seq_length, _check_wandb_login, _skeleton, preflight
 from loraexp.tasks import FORMS
 from loraexp.tasks.base import read_text
 from tests.conftest import tiny_gpt2_config
@@ -38,9 +38,9 @@ def _runs(model: str, data: str, out: Path, **overrides):
 ])
 def test_a_rank_equal_to_a_layer_dimension_is_a_warning_not_an_error(tiny_bert_dir, tiny_sst2_dir, tmp_path, caplog,
                                                                        overrides, warned):
-    with caplog.at_level(logging.WARNING, logger="loraexp.preflight"):
+    with caplog.at_level(logging.WARNING, logger="loraexp.sweep.preflight"):
         preflight(_runs(tiny_bert_dir, tiny_sst2_dir, tmp_path / "out", **overrides), tmp_path / "out" / "sweep")
-    messages = [r.getMessage() for r in caplog.records if r.name == "loraexp.preflight"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "loraexp.sweep.preflight"]
     if warned is None:
         assert messages == []
     else:

@@ -1,4 +1,4 @@
-"""Successive halving over sweeps (loraexp.pruning): rungs, decisions through Optuna's pruners,
+"""Successive halving over sweeps (loraexp.sweep.pruning): rungs, decisions through Optuna's pruners,
 ``paused``/``pruned`` records, bit-identical survivors, replay on rerun, continuing pruned runs
 without a pruner."""
 
@@ -13,10 +13,10 @@ import torch
 from conftest import write_tiny_sst2
 from safetensors.torch import load_file
 
-from loraexp.config import build_config
-from loraexp.pruning import make_pruner, rung_steps
-from loraexp.record import STATUS_COMPLETED, STATUS_PRUNED
-from loraexp.runner import run_sweep
+from loraexp.config.load import build_config
+from loraexp.results.record import STATUS_COMPLETED, STATUS_PRUNED
+from loraexp.sweep.pruning import make_pruner, rung_steps
+from loraexp.sweep.runner import run_sweep
 
 pytest.importorskip("optuna")
 
@@ -153,7 +153,7 @@ def test_the_wandb_export_stops_early_on_the_rungs(tmp_path, pruner, early_termi
     first-rung steps makes its brackets 1, eta, eta**2 loraexp's rungs."""
     import yaml
 
-    from loraexp.scale_out.wandb_sweep import export_wandb_sweep
+    from loraexp.sweep.wandb_sweep import export_wandb_sweep
 
     cfg = build_config(overrides={"sweep.mode": "sweep", "sweep.learning_rates": [1e-4, 3e-4], "sweep.seeds": [1],
                                   "training.max_steps": 90, "sweep.pruner": pruner})
@@ -171,7 +171,7 @@ def test_a_shared_optuna_study_prunes_configurations(tiny_bert_dir, tmp_path):
     PRUNED trials whose runs are recorded ``pruned``."""
     import optuna
 
-    from loraexp.scale_out.optuna_backend import make_storage, run_optuna
+    from loraexp.sweep.optuna_backend import make_storage, run_optuna
 
     journal = tmp_path / "study.journal"
     cfg = build_config(overrides=grid(tiny_bert_dir, tmp_path, **{"sweep.backend": "optuna",

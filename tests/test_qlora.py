@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraexp.analysis.merge import check_quantized_merge
-from loraexp.config import QuantizationConfig
-from loraexp.models import CAUSAL_LM, attach_lora, load_model
-from loraexp.quantization import bnb_config, prepare_for_training, weight_bytes
+from loraexp.config.load import QuantizationConfig
+from loraexp.model.load import CAUSAL_LM, attach_lora, load_model
+from loraexp.model.quantization import bnb_config, prepare_for_training, weight_bytes
+from loraexp.run.merge_check import check_quantized_merge
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -135,8 +135,8 @@ def test_quantization_ablation_runs_in_one_process_without_a_false_merge_failure
     """The ablation's three runs (none, nf4, nf4 + double quantization) in one process: every
     one completes; the full-precision run's float32 merge difference exceeds 1e-4 and the
     float64 comparison, which decides, is within it."""
-    from loraexp.config import build_config
-    from loraexp.runner import run_sweep
+    from loraexp.config.load import build_config
+    from loraexp.sweep.runner import run_sweep
 
     cfg = build_config(overrides={
         "model": loud_causal_lm_dir, "task": "shakespeare", "data_dir": tiny_lm_data_dir, "output_dir": str(tmp_path),

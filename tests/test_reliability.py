@@ -19,10 +19,10 @@ from filelock import FileLock
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from loraexp.checkpoints import is_complete, last_complete_checkpoint
-from loraexp.config import build_config
-from loraexp.recipe import run_experiment
-from loraexp.summary import SUMMARY_LOCK, write_sweep_summary
+from loraexp.config.load import build_config
+from loraexp.results.summary import SUMMARY_LOCK, write_sweep_summary
+from loraexp.run.checkpoints import is_complete, last_complete_checkpoint
+from loraexp.run.recipe import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "experiments" / "lora_finetune.py")

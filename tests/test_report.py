@@ -13,10 +13,10 @@ import pytest
 from conftest import write_tiny_sst2
 from wandb_offline import defined_metrics, history, offline_run_log
 
-from loraexp.config import build_config
+from loraexp.config.load import build_config
 from loraexp.report.build import write_report
 from loraexp.report.render import embedded_images
-from loraexp.runner import run_sweep
+from loraexp.sweep.runner import run_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {"metric", "loss_curves", "rank_use", "spectra", "subspace_ranks", "subspace_seeds", "cka", "efficiency"}
@@ -80,7 +80,7 @@ def test_report_builds_every_figure_as_a_png_embedded_in_the_html(tiny_sweep, tm
 
 
 def test_report_cli_writes_the_report_and_refuses_bad_input(tiny_sweep, tmp_path, capsys):
-    from loraexp.cli import main
+    from loraexp.cli.main import main
 
     sweep = tmp_path / "tiny-rank"
     shutil.copytree(tiny_sweep, sweep)
@@ -104,7 +104,7 @@ def test_report_cli_writes_the_report_and_refuses_bad_input(tiny_sweep, tmp_path
 
 
 def test_confirm_trains_the_advised_adapter_with_the_sweeps_seeds(tiny_sweep, tmp_path, capsys):
-    from loraexp.report.cli import run_report
+    from loraexp.cli.report import run_report
 
     sweep = tmp_path / "tiny-rank"
     shutil.copytree(tiny_sweep, sweep)
@@ -136,7 +136,7 @@ def test_wandb_dashboard_read_back_offline(tiny_sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     sweep = tmp_path / "tiny-rank"
     shutil.copytree(tiny_sweep, sweep)
-    from loraexp.report.cli import run_report
+    from loraexp.cli.report import run_report
 
     assert run_report(str(sweep), wandb_mode="offline") == 0
     rows = history(offline_run_log(sweep))

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from loraexp.record import SCHEMA_VERSION, MergeCheck, RunRecord, Verification
-from loraexp.storage import RunStore, atomic_write_text
-from loraexp.summary import COLUMN_NAMES, write_sweep_summary
+from loraexp.results.record import SCHEMA_VERSION, MergeCheck, RunRecord, Verification
+from loraexp.results.storage import RunStore, atomic_write_text
+from loraexp.results.summary import COLUMN_NAMES, write_sweep_summary
 
 
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -105,7 +105,7 @@ def test_wandb_summary_keys_come_from_the_record():
 
 
 def test_a_schema_1_record_and_checkpoint_keep_their_verification():
-    from loraexp.record import GradFlowCheck, check_from_dict
+    from loraexp.results.record import GradFlowCheck, check_from_dict
 
     old = RunRecord.from_dict({"status": "completed", "run_name": "a", "verification": {
         "frozen_base": True, "grad_flow": True, "merge_equivalence": True, "merge_max_abs_diff": 2e-6,

@@ -1,5 +1,5 @@
-"""Reuse across a sweep: tokenized data cached by content (loraexp.data_cache) and the base
-loaded once (loraexp.base_cache); a run's result is bit-identical with and without them."""
+"""Reuse across a sweep: tokenized data cached by content (loraexp.tasks.data_cache) and the base
+loaded once (loraexp.model.base_cache); a run's result is bit-identical with and without them."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraexp import base_cache, data_cache
-from loraexp.config import build_config
-from loraexp.data_fingerprint import data_fingerprint
-from loraexp.models import load_model
-from loraexp.recipe import run_experiment
-from loraexp.tasks import SST2
-from tests.conftest import write_tiny_sst2
+from loraexp.config.load import build_config
+from loraexp.model import base_cache
+from loraexp.model.load import load_model
+from loraexp.run.recipe import run_experiment
+from loraexp.tasks import SST2, data_cache
+from loraexp.tasks.fingerprint import data_fingerprint
+from tests.conftest import FAST, write_tiny_sst2
 
-FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "training.logging_steps": 1,
-        "tracking.stats_every_steps": 3, "training.learning_rate": 1e-2, "tracking.cka_probe_examples": 8}
+FAST = {**FAST, "tracking.cka_probe_examples": 8}
+
 
 
 @pytest.fixture(scope="module")

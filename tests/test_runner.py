@@ -10,12 +10,10 @@ import yaml
 from peft import PeftModel
 from transformers import TrainerCallback
 
-from loraexp.config import build_config
+from loraexp.config.load import build_config
 from loraexp.errors import ConfigError
-from loraexp.runner import run_sweep
-
-FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "training.logging_steps": 1,
-        "tracking.stats_every_steps": 3, "verification.latency_repeats": 1, "training.learning_rate": 1e-2}
+from loraexp.sweep.runner import run_sweep
+from tests.conftest import FAST
 
 
 def config(model, data, out, **overrides):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraexp.config import build_config
-from loraexp.scale_out.grid import POINT, grid_parameters, overrides_from_params
-from loraexp.scale_out.trial_cli import parse_overrides
-from loraexp.sweep import expand, overrides_for
+from loraexp.cli.trial import parse_overrides
+from loraexp.config.load import build_config
+from loraexp.sweep.expand import expand, overrides_for
+from loraexp.sweep.grid import POINT, grid_parameters, overrides_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--set", "training.per_device_train_batch_size=8", "--set", "verification.latency_repeats=1",
@@ -121,7 +121,7 @@ def test_two_optuna_workers_on_a_journal_file_complete_the_grid_once(tiny_bert_d
     assert len(trained) == 4 and len(set(trained)) == 4  # every grid point trained, none twice
     assert all(": started" in log.read_text() for log in logs)  # both workers took part
 
-    from loraexp.scale_out.optuna_backend import make_storage
+    from loraexp.sweep.optuna_backend import make_storage
 
     study = optuna.load_study(study_name="sst2-ablation-grid", storage=make_storage(str(journal)))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -135,7 +135,7 @@ def test_two_optuna_workers_on_a_journal_file_complete_the_grid_once(tiny_bert_d
 
 def test_optuna_tpe_searches_learning_rate_and_rank(tiny_bert_dir, tiny_sst2_dir, tmp_path):
     optuna = pytest.importorskip("optuna")
-    from loraexp.scale_out.optuna_backend import make_storage, run_optuna
+    from loraexp.sweep.optuna_backend import make_storage, run_optuna
 
     cfg = build_config(overrides={
         "model": tiny_bert_dir, "data_dir": tiny_sst2_dir, "output_dir": str(tmp_path / "out"),
@@ -159,8 +159,8 @@ def test_an_optuna_trial_left_by_a_killed_worker_is_taken_over_and_resumed(tiny_
     import signal
     import time
 
-    from loraexp.checkpoints import is_complete
-    from loraexp.scale_out.optuna_backend import make_storage
+    from loraexp.run.checkpoints import is_complete
+    from loraexp.sweep.optuna_backend import make_storage
 
     journal = tmp_path / "study.journal"
     argv = [sys.executable, str(ROOT / "experiments" / "lora_finetune.py"), "--task", "sst2", "--model",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loraexp.config import ExperimentConfig
+from loraexp.config.load import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "loraexp").rglob("*.py")) + sorted((ROOT / "experiments").glob("*.py"))
@@ -35,13 +35,13 @@ def test_no_unsafe_deserialisation(path):
 
 
 def test_trust_remote_code_is_off_by_default_and_logged_when_on(tiny_bert_dir, caplog):
-    from loraexp.models import load_model_config
+    from loraexp.model.load import load_model_config
 
     assert ExperimentConfig().trust_remote_code is False
-    with caplog.at_level(logging.WARNING, logger="loraexp.models"):
+    with caplog.at_level(logging.WARNING, logger="loraexp.model.load"):
         load_model_config(tiny_bert_dir)
     assert "trust_remote_code" not in caplog.text
-    with caplog.at_level(logging.WARNING, logger="loraexp.models"):
+    with caplog.at_level(logging.WARNING, logger="loraexp.model.load"):
         load_model_config(tiny_bert_dir, trust_remote_code=True)
     assert f"trust_remote_code is on for model {tiny_bert_dir}" in caplog.text
 

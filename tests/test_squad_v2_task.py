@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from loraexp.cli import main
+from loraexp.cli.main import main
+from loraexp.config.schema import QAConfig
 from loraexp.errors import ConfigError, DataError
-from loraexp.schema import QAConfig
 from loraexp.tasks import CAUSAL_LM, SEQ_CLS, task_type_for
 from loraexp.tasks.squad_v2 import LOCAL_FILE, SQUAD_V2, SquadV2Task, answer_token_span, best_spans
 
@@ -225,7 +225,7 @@ def test_peft_question_answering_model_ignores_token_type_ids():
 def test_qa_outputs_is_trained_in_full_never_wrapped_in_lora(target_modules):
     from transformers import BertForQuestionAnswering
 
-    from loraexp.models import attach_lora
+    from loraexp.model.load import attach_lora
     from tests.conftest import tiny_bert_config
 
     model, config = attach_lora(BertForQuestionAnswering(tiny_bert_config()),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from loraexp.statistics import (
+from loraexp.results.statistics import (
     Difference,
     ExampleScores,
     classification_scores,
@@ -139,7 +139,7 @@ def test_pareto_front(costs, qualities, front):
 
 
 def test_generation_records_give_per_question_exact_match():
-    from loraexp.statistics import record_scores
+    from loraexp.results.statistics import record_scores
 
     records = [{"exact_match": True, "exact_match_flexible": True},
                {"exact_match": False, "exact_match_flexible": True}]

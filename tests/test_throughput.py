@@ -8,11 +8,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from loraexp.config import build_config
-from loraexp.recipe import run_experiment
-
-FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "training.logging_steps": 1,
-        "tracking.stats_every_steps": 3, "verification.latency_repeats": 1, "training.learning_rate": 1e-2}
+from loraexp.config.load import build_config
+from loraexp.run.recipe import run_experiment
+from tests.conftest import FAST
 
 
 class Recorder(TrainerCallback):
@@ -117,7 +115,7 @@ def test_pad_to_multiple_of_gives_fixed_shapes(minilm_path, form, multiple):
     ({"optim": "no_such_optimizer"}, "unsupported optimizer: no_such_optimizer"),
 ])
 def test_training_settings_the_cpu_cannot_do(monkeypatch, training, fragment):
-    from loraexp import throughput
+    from loraexp.run import device as throughput
 
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
     problems = throughput.training_device_problems(training)
@@ -133,8 +131,8 @@ def test_training_settings_the_cpu_cannot_do(monkeypatch, training, fragment):
     ([], {}),
 ])
 def test_fast_flag_sets_the_preset(monkeypatch, argv, expected):
-    from loraexp import cli
-    from loraexp.config import load_config, parse_set_overrides
+    from loraexp.cli import main as cli
+    from loraexp.config.load import load_config, parse_set_overrides
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = cli.build_parser().parse_args(argv)

@@ -14,10 +14,10 @@ import pytest
 from wandb.errors import AuthenticationError, CommError
 from wandb_offline import history, offline_run_log
 
-from loraexp import tracking
-from loraexp.config import build_config
-from loraexp.runner import run_sweep
-from loraexp.tracking import DEFAULT_INIT_TIMEOUT_S, NoOpTracker, WandbTracker, make_tracker
+from loraexp.config.load import build_config
+from loraexp.run import tracking
+from loraexp.run.tracking import DEFAULT_INIT_TIMEOUT_S, NoOpTracker, WandbTracker, make_tracker
+from loraexp.sweep.runner import run_sweep
 
 RUN_CALLS = ("log", "summary", "table", "finish")
 
@@ -114,7 +114,7 @@ def test_make_tracker(fake_wandb, mode, main_process, expected, used):
 
 
 def warnings_of(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "loraexp.tracking" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "loraexp.run.tracking" and r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("error,cause", [
@@ -127,7 +127,7 @@ def test_online_init_failure_goes_offline_and_later_runs_skip_the_server(fake_wa
                                                                           cause):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     fake_wandb.init_errors["online"] = error
-    with caplog.at_level(logging.WARNING, logger="loraexp.tracking"):
+    with caplog.at_level(logging.WARNING, logger="loraexp.run.tracking"):
         first = tracker_for(name="run1", directory="/runs/run1")
         (warning,) = warnings_of(caplog)
         assert cause in warning and "run1" in warning and "`wandb sync /runs/run1/wandb/offline-run-x`" in warning
@@ -163,7 +163,7 @@ def test_offline_init_failure_leaves_the_run_untracked(fake_wandb, monkeypatch, 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     fake_wandb.init_errors.update(online=CommError("no route to host"),
                                   offline=PermissionError(13, "Permission denied", "/runs/run1/wandb"))
-    with caplog.at_level(logging.WARNING, logger="loraexp.tracking"):
+    with caplog.at_level(logging.WARNING, logger="loraexp.run.tracking"):
         tracker = tracker_for(mode, name="run1")
     assert isinstance(tracker, NoOpTracker)
     assert tracker.mode.startswith("disabled (fallback: ") and "PermissionError" in tracker.mode
@@ -178,7 +178,7 @@ def test_offline_init_failure_leaves_the_run_untracked(fake_wandb, monkeypatch, 
 def test_failing_calls_inside_a_run_are_logged_once_and_never_raise(fake_wandb, caplog, failing):
     fake_wandb.run_errors.update({call: OSError(f"{call}: wandb-core is gone") for call in failing})
     tracker = tracker_for("offline", name="run1")
-    with caplog.at_level(logging.DEBUG, logger="loraexp.tracking"):
+    with caplog.at_level(logging.DEBUG, logger="loraexp.run.tracking"):
         for step in range(3):
             tracker.log({"train/loss": 1.0}, step=step)
             tracker.table("t", ["a"], [[1]], line=("a", "a", "title"))
@@ -217,7 +217,7 @@ def test_real_wandb_online_init_against_a_closed_port_goes_offline_in_bounded_ti
     run_dir.mkdir()
     try:
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="loraexp.tracking"):
+        with caplog.at_level(logging.WARNING, logger="loraexp.run.tracking"):
             tracker = tracker_for("online", name="run1", directory=str(run_dir))
         elapsed = time.monotonic() - started
         assert tracker.mode.startswith("offline (fallback: CommError: ") and "connection refused" in tracker.mode

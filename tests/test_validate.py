@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import TINY_CONFIGS
 
-from loraexp import cli
-from loraexp import validate as V
-from loraexp.config import build_config
+from loraexp.cli import main as cli
+from loraexp.config.load import build_config
+from loraexp.run import checklist as V
 
 # -- the checklist on tiny in-memory models ----------------------------------------------------
 
@@ -39,7 +39,7 @@ def _inputs(arch: str, causal: bool) -> V.Inputs:
 def _unfreeze_a_base_weight(monkeypatch) -> None:
     """After get_peft_model froze the base, make one base weight near the output trainable again
     (Llama's output head, BERT's pooler), so that the round trip sees its change too."""
-    from loraexp import models
+    from loraexp.model import load as models
 
     attach = models.attach_lora
 
@@ -208,7 +208,7 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize("argv,fragments", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
 def test_bad_input_exit_2_before_loading_the_model(capsys, monkeypatch, tiny_bert_dir, argv, fragments):
-    from loraexp import recipe
+    from loraexp.run import recipe
 
     def never(*args, **kwargs):
         raise AssertionError("bad input must be reported before the model is loaded")
@@ -231,7 +231,7 @@ def test_help_and_bad_input_import_no_heavy_library():
     cases = [(["--help"], 0), (["--steps", "0"], 2), (["--task", "cola"], 2), (["--model", "./no/such/model"], 2),
              (["--task", "sst2", "--data-dir", "/no/such/data"], 2)]
     script = "\n".join([
-        "import sys", "from loraexp.cli import main", f"for argv, expected in {cases!r}:",
+        "import sys", "from loraexp.cli.main import main", f"for argv, expected in {cases!r}:",
         "    try:", "        code = main(['validate', *argv])",
         "    except SystemExit as exc:", "        code = exc.code",
         f"    print('heavy:', sorted(m for m in {heavy!r} if m in sys.modules), 'code:', code, 'expected:', expected)"])

@@ -7,11 +7,11 @@ import re
 import pytest
 from peft import get_peft_model
 
-from loraexp import variants
 from loraexp.analysis.adapter_stats import lora_layers, short_module_name
 from loraexp.errors import ConfigError
-from loraexp.models import attach_lora
-from loraexp.target_modules import PRESET_NAMES, resolve_target_modules
+from loraexp.model.load import attach_lora
+from loraexp.model.target_modules import PRESET_NAMES, lora_config, resolve_target_modules
+from loraexp.sweep import axes as variants
 from tests.conftest import tiny_classifier
 
 B = "bert.encoder.layer.*."
@@ -72,25 +72,37 @@ def test_unknown_target_module_lists_linear_modules(arch):
     assert {"bert": "attention.self.query", "llama": "self_attn.q_proj", "gpt2": "attn.c_attn"}[arch] in message
 
 
-@pytest.mark.parametrize("fn,kwargs,expected", [
-    (variants.rank_ablation, {}, [(4, 8), (8, 16), (16, 32)]),
-    (variants.rank_ablation, {"ranks": (2, 64)}, [(2, 4), (64, 128)]),
-    (variants.alpha_ablation, {}, [(8, 8), (8, 16), (8, 32)]),
-    (variants.alpha_ablation, {"alphas": (1, 2), "r": 4}, [(4, 1), (4, 2)]),
+@pytest.mark.parametrize("axis,expected", [
+    (variants.rank_axis(), [(4, 8), (8, 16), (16, 32)]),
+    (variants.rank_axis((2, 64)), [(2, 4), (64, 128)]),
+    (variants.alpha_axis(), [(8, 8), (8, 16), (8, 32)]),
+    (variants.alpha_axis((1, 2), r=4), [(4, 1), (4, 2)]),
 ])
-def test_rank_and_alpha_ablations(fn, kwargs, expected):
-    configs = fn({"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "standard"}, "bert", **kwargs)
+def test_rank_and_alpha_axes_build_peft_configs(axis, expected):
+    base = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "standard"}
+    configs = [lora_config({**base, **point}, "bert") for point in axis]
     assert [(c.r, c.lora_alpha) for c in configs] == expected
     assert all(c.lora_dropout == 0.05 and c.target_modules == {"query", "value"} for c in configs)
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
-def test_module_ablation_yields_one_config_per_preset_that_peft_accepts(arch):
-    configs = variants.module_ablation({"r": 2}, tiny_classifier(arch).config.model_type, task_type="SEQ_CLS")
+def test_module_axis_yields_one_config_per_preset_that_peft_accepts(arch):
+    model_type = tiny_classifier(arch).config.model_type
+    configs = [lora_config({"r": 2, **point}, model_type, task_type="SEQ_CLS") for point in variants.module_axis()]
     assert len(configs) == len(PRESET_NAMES)
     for config, preset in zip(configs, PRESET_NAMES):
         model = get_peft_model(tiny_classifier(arch), config)
         assert adapted(model) == EXPECTED[(arch, preset)]
+
+
+@pytest.mark.parametrize("lora,match", [
+    ({"r": 4, "no_such_field": 1}, "`lora` was rejected by peft.LoraConfig"),
+    ({"r": 4, "layers_pattern": "layers"}, "`lora` was rejected by peft.LoraConfig"),
+    ({"r": 4, "target_modules": "everything"}, "'everything' is unknown"),
+])
+def test_lora_config_reports_bad_fields_as_config_errors(lora, match):
+    with pytest.raises(ConfigError, match=match):
+        lora_config(lora, "bert")
 
 
 def test_resolve_unknown_architecture_and_preset():

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from loraexp.record import ConvergenceCheck
+from loraexp.results.record import ConvergenceCheck
 
 LOSS_KEY = "train/loss"  # the Trainer's logged loss: the mean over the steps since the previous log
 
@@ -29,7 +29,7 @@ def loss_decrease(history: Iterable[dict[str, Any]], window_steps: int,
             this much, else ``passed`` stays None (figures only).
 
     Returns:
-        A :class:`~loraexp.record.ConvergenceCheck`; unobserved (``passed`` None, a reason)
+        A :class:`~loraexp.results.record.ConvergenceCheck`; unobserved (``passed`` None, a reason)
         with fewer than two logged losses or a first loss that is not positive; failed (with a
         threshold) when any logged loss is NaN or infinite.
     """

@@ -89,7 +89,7 @@ class RankAdvice:
         return 1 - self.proposed_lora_params / self.source_lora_params if self.source_lora_params else 0.0
 
     def lora_overrides(self) -> dict[str, object]:
-        """The ``lora.*`` config keys of the proposal (``--set`` / :func:`~loraexp.config.apply_overrides`)."""
+        """The ``lora.*`` config keys of the proposal (``--set`` / :func:`~loraexp.config.load.apply_overrides`)."""
         return {"lora.r": self.r, "lora.lora_alpha": self.lora_alpha, "lora.rank_pattern": dict(self.rank_pattern),
                 "lora.alpha_pattern": dict(self.alpha_pattern)}
 

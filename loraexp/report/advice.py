@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass
 
 from loraexp.analysis.rank_advice import ModuleSpectra, RankAdvice, advise_ranks, reasoning
-from loraexp.comparison import Configuration
 from loraexp.report.sweep_data import SweepData
+from loraexp.results.comparison import Configuration
 
 # Methods whose ΔW is s·B·A on an unchanged base, so rank_pattern and the energy rank apply as
 # they are (PiSSA/OLoRA save a rank-2r converted adapter; full fine-tuning has no rank).

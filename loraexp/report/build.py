@@ -10,14 +10,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from loraexp.comparison import render_markdown as configurations_markdown
-from loraexp.pruning import pruning_markdown
 from loraexp.report.advice import SweepAdvice, sweep_advice
 from loraexp.report.figures import Figure, all_figures
 from loraexp.report.render import markdown_to_html
 from loraexp.report.sweep_data import SweepData, load_sweep
-from loraexp.statistics import LOWER_IS_BETTER
-from loraexp.storage import atomic_write_text
+from loraexp.results.comparison import render_markdown as configurations_markdown
+from loraexp.results.statistics import LOWER_IS_BETTER
+from loraexp.results.storage import atomic_write_text
+from loraexp.results.summary import pruning_markdown
 
 logger = logging.getLogger(__name__)
 

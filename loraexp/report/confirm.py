@@ -6,8 +6,8 @@ summary and report keep listing the sweep's own runs) and are named
 ``<configuration name>-advised-<digest>-s<seed>`` (:func:`advice_digest`). Each is the source
 run's config with the advice's ``lora.r``, ``lora_alpha``, ``rank_pattern`` and
 ``alpha_pattern``: same data, budget, learning rate and seed. The difference advised − source is the paired bootstrap of
-:func:`loraexp.statistics.paired_difference`, and the verdict the protocol's
-(:func:`loraexp.statistics.verdict`, ``sweep.max_drop`` against the source's mean).
+:func:`loraexp.results.statistics.paired_difference`, and the verdict the protocol's
+(:func:`loraexp.results.statistics.verdict`, ``sweep.max_drop`` against the source's mean).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import logging
 import math
 from typing import Any
 
-from loraexp.record import STATUS_COMPLETED
 from loraexp.report.advice import SweepAdvice
 from loraexp.report.sweep_data import SweepData
-from loraexp.storage import RunStore, atomic_write_text
+from loraexp.results.record import STATUS_COMPLETED
+from loraexp.results.storage import RunStore, atomic_write_text
 
 CONFIRM_DIR = "confirm"
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ def confirmation_runs(data: SweepData, advice: SweepAdvice) -> list[tuple[str, A
     Raises:
         ConfigError: the advised config is invalid (e.g. a ``rank_pattern`` PEFT rejects).
     """
-    from loraexp.config import apply_overrides, build_config
-    from loraexp.sweep import configuration_name
+    from loraexp.config.load import apply_overrides, build_config
+    from loraexp.results.naming import configuration_name
 
     runs = []
     for _, record in data.completed_runs(advice.source):
@@ -70,10 +70,17 @@ def confirm_advice(data: SweepData, advice: SweepAdvice, rerun: bool = False) ->
     Raises:
         ConfigError | DataError | ModelError: a run cannot start (preflight, before training).
     """
-    from loraexp.preflight import preflight
-    from loraexp.runner import outcome_line, run_unless_done
-    from loraexp.statistics import LOWER_IS_BETTER, PREDICTIONS_FILE, load_scores, margin, paired_difference, verdict
-    from loraexp.summary import write_sweep_summary
+    from loraexp.results.statistics import (
+        LOWER_IS_BETTER,
+        PREDICTIONS_FILE,
+        load_scores,
+        margin,
+        paired_difference,
+        verdict,
+    )
+    from loraexp.results.summary import write_sweep_summary
+    from loraexp.sweep.preflight import preflight
+    from loraexp.sweep.runner import outcome_line, run_unless_done
 
     confirm_dir = data.sweep_dir / CONFIRM_DIR
     planned = confirmation_runs(data, advice)

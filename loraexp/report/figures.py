@@ -12,11 +12,11 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from loraexp.comparison import Configuration
 from loraexp.errors import LoraexpError
 from loraexp.report.plotting import Figure, new_figure, palette, save
 from loraexp.report.rank_figures import rank_use, spectra, subspace_ranks, subspace_seeds
 from loraexp.report.sweep_data import SweepData, format_value, short_key
+from loraexp.results.comparison import Configuration
 
 NUMERIC_AXES = ("lora.r", "lora.lora_alpha", "training.learning_rate")
 

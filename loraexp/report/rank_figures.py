@@ -9,9 +9,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from loraexp.comparison import Configuration
 from loraexp.report.plotting import Figure, layer_and_kind, new_figure, palette, save, short_module
 from loraexp.report.sweep_data import SweepData
+from loraexp.results.comparison import Configuration
 
 MAX_PANELS = 12  # rank-use panels drawn (the first configurations in sweep order)
 

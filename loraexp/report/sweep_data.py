@@ -1,5 +1,5 @@
 """What a sweep report reads: the sweep's runs (their records, per-step history and saved
-``lora_A`` factors), its configurations compared over seeds (:mod:`loraexp.comparison`) and
+``lora_A`` factors), its configurations compared over seeds (:mod:`loraexp.results.comparison`) and
 the config keys its configurations differ in (the ablated axes)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraexp.comparison import Comparison, Configuration, Settings, compare
 from loraexp.errors import ConfigError, DataError
-from loraexp.record import STATUS_COMPLETED, RunRecord
-from loraexp.storage import RunStore
+from loraexp.results.comparison import Comparison, Configuration, Settings, compare
+from loraexp.results.record import STATUS_COMPLETED, RunRecord
+from loraexp.results.storage import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -234,8 +234,8 @@ def load_sweep(sweep_dir: str | Path, settings: Settings | None = None,
         ConfigError: ``sweep_dir`` is not a directory or holds no run with a readable
             ``metrics.json``, or the first run's config cannot be read.
     """
-    from loraexp.config import build_config
-    from loraexp.objective import objective
+    from loraexp.config.load import build_config
+    from loraexp.sweep.metric import objective
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():

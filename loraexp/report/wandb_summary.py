@@ -25,14 +25,14 @@ def log_report(report, mode: str | None = None) -> str | None:
     Args:
         mode: ``online`` | ``offline`` | ``disabled``; None: the sweep's ``tracking.wandb``
             (``online`` yields to ``WANDB_MODE=offline|disabled``,
-            :func:`loraexp.tracking.effective_mode`).
+            :func:`loraexp.run.tracking.effective_mode`).
 
     Returns:
         The W&B run's directory, or None when W&B is disabled or failed (a failure is logged,
         never raised: the report on disk is written already).
     """
-    from loraexp import tracking as tracking_module
-    from loraexp.tracking import effective_mode
+    from loraexp.run import tracking as tracking_module
+    from loraexp.run.tracking import effective_mode
 
     data = report.data
     first = next((r for r in data.records.values() if r is not None and r.config), None)

@@ -10,6 +10,7 @@ registry is cheap to import (config validation and ``--help`` use it).
 
 from __future__ import annotations
 
+from loraexp.config.schema import TASK_NAMES
 from loraexp.errors import ConfigError
 from loraexp.tasks.base import Task
 from loraexp.tasks.gsm8k import GSM8K
@@ -29,7 +30,9 @@ QUESTION_ANS = "QUESTION_ANS"
 ALL_FORMS: tuple[Task, ...] = (SST2, MRPC, RTE, SST2_VERBALIZER, SHAKESPEARE, LIMA, GSM8K, SQUAD_V2)
 FORMS: dict[str, dict[str, Task]] = {
     name: {t.task_type: t for t in ALL_FORMS if t.name == name} for name in {t.name for t in ALL_FORMS}}
-TASK_NAMES = tuple(sorted(FORMS))
+if tuple(sorted(FORMS)) != TASK_NAMES:
+    raise ImportError(f"loraexp.tasks registers {sorted(FORMS)}, but loraexp.config.schema.TASK_NAMES is "
+                      f"{list(TASK_NAMES)}: add the task to both")
 
 # The eval metric a task is judged by (Optuna / W&B objective, the console's main column).
 MAIN_METRICS = {"sst2": "accuracy", "mrpc": "accuracy", "rte": "accuracy", "shakespeare": "loss", "lima": "loss",

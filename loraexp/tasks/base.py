@@ -4,7 +4,7 @@ A task knows where its data lives (the Hub, or a local directory in the layout o
 ``shared/data``), how to check and tokenize it, how to batch it, and how to score a model on
 it. Its objective is a :class:`peft.TaskType` value (``task_type``): ``SEQ_CLS`` for a
 classification head, ``CAUSAL_LM`` for next-token prediction, ``QUESTION_ANS`` for extractive
-QA. The recipe (:mod:`loraexp.recipe`) talks to tasks through :class:`Task` only, so a new
+QA. The recipe (:mod:`loraexp.run.recipe`) talks to tasks through :class:`Task` only, so a new
 family is a new implementation of this protocol, not a new branch in the recipe.
 """
 
@@ -84,7 +84,7 @@ class Task(Protocol):
         eval ``examples`` (raw rows) and ``features`` (their tokenized rows) for tasks that
         need them: per-example columns for ``predictions.npz`` (``index``, ``label``,
         ``prediction``, ``score`` for a classifier); per metric,
-        :class:`~loraexp.statistics.ExampleScores` (what the paired bootstrap resamples); and
+        :class:`~loraexp.results.statistics.ExampleScores` (what the paired bootstrap resamples); and
         the metrics ``compute_metrics`` could not give (empty unless
         ``metrics_from_examples``)."""
 
@@ -98,7 +98,7 @@ class Task(Protocol):
     def evaluate_generation(self, model, tokenizer, dataset, evaluation) -> tuple[dict[str, Any], list[dict]] | None:
         """Metrics from generated text and one record per example, for tasks scored by
         generation (GSM8K); None for the others. ``evaluation`` is the config's
-        :class:`~loraexp.schema.EvaluationConfig`."""
+        :class:`~loraexp.config.schema.EvaluationConfig`."""
 
 
 def require_file(data_dir: str | Path, relative: str, what: str) -> Path:

@@ -92,11 +92,11 @@ class CausalLMTask:
     def example_scores(self, nll_and_tokens, label_ids, tokenizer, examples=None,
                        features=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Per-example columns (``index``, ``nll``, ``tokens``) and the ``loss`` / ``perplexity``
-        :class:`~loraexp.statistics.ExampleScores` from :func:`token_nll` rows ``(n, 2)``; no
+        :class:`~loraexp.results.statistics.ExampleScores` from :func:`token_nll` rows ``(n, 2)``; no
         extra metrics (``Trainer.evaluate``'s loss is the metric)."""
         import numpy as np
 
-        from loraexp.statistics import token_loss_scores
+        from loraexp.results.statistics import token_loss_scores
 
         rows = np.asarray(nll_and_tokens, dtype=np.float64).reshape(-1, 2)
         columns = {"index": np.arange(len(rows)), "nll": rows[:, 0], "tokens": rows[:, 1]}

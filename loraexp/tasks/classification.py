@@ -154,12 +154,12 @@ class ClassificationTask:
     def example_scores(self, logits, labels, tokenizer=None, examples=None,
                        features=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Per-example columns (``index``, ``label``, ``prediction``, ``score`` = softmax
-        probability of the predicted class) and :class:`~loraexp.statistics.ExampleScores` of
+        probability of the predicted class) and :class:`~loraexp.results.statistics.ExampleScores` of
         ``accuracy`` (and ``f1``) from ``logits`` ``(n, num_labels)`` and ``labels`` ``(n,)``;
         no extra metrics (:meth:`compute_metrics` gave them)."""
         import numpy as np
 
-        from loraexp.statistics import classification_scores
+        from loraexp.results.statistics import classification_scores
 
         logits = np.asarray(logits, dtype=np.float64)
         probs = np.exp(logits - logits.max(-1, keepdims=True))

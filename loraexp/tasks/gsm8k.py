@@ -93,7 +93,7 @@ class GSM8KTask(InstructionTask):
             [0, 1]) and ``generation_samples``; one record per question with the prompt's
             reference and predicted answers and the generated text.
         """
-        from loraexp.generation import generate_texts
+        from loraexp.tasks.generation import generate_texts
 
         rows = dataset.select(range(min(evaluation.generation_samples, len(dataset))))
         prompts = [render(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True)

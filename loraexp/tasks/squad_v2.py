@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraexp.config.schema import QAConfig
 from loraexp.errors import DataError
-from loraexp.schema import QAConfig
 from loraexp.tasks.base import SPLITS, read_local_splits, require_file
 
 LOCAL_FILE = "squad_v2/cs224n-dev-v2.0.json"
@@ -183,14 +183,14 @@ class SquadV2Task:
             ``(columns, scores, metrics)``: per question ``index``, ``id``, ``prediction``
             (the answer after the threshold; "" = no answer), ``best_span``,
             ``null_score_diff``, ``has_answer``, ``exact`` and ``f1`` (0/1, 0–1);
-            :class:`~loraexp.statistics.ExampleScores` of ``exact``, ``f1`` and their
+            :class:`~loraexp.results.statistics.ExampleScores` of ``exact``, ``f1`` and their
             ``HasAns_`` / ``NoAns_`` parts (percent, so the value equals the metric); the
             official metrics (percent) plus ``no_answer_exact`` / ``no_answer_f1`` of the
             always-no-answer baseline.
         """
         import numpy as np
 
-        from loraexp.statistics import ExampleScores
+        from loraexp.results.statistics import ExampleScores
         from loraexp.tasks.squad_v2_eval import apply_no_answer_threshold, has_answer, raw_scores, squad_v2_scores
 
         start_logits, end_logits = predictions

@@ -93,12 +93,12 @@ class SST2VerbalizerTask(CausalLMTask):
     def example_scores(self, scores, label_ids, tokenizer, examples=None,
                        features=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Per-example columns (``index``, ``label``, ``prediction``, ``score`` = the winning
-        label word's logit) and the ``accuracy`` :class:`~loraexp.statistics.ExampleScores`,
+        label word's logit) and the ``accuracy`` :class:`~loraexp.results.statistics.ExampleScores`,
         from the label-word logits ``(n, num_labels)`` and ``label_ids`` ``(n, seq)``; no extra
         metrics (``compute_metrics`` gave accuracy)."""
         import numpy as np
 
-        from loraexp.statistics import classification_scores
+        from loraexp.results.statistics import classification_scores
 
         word_ids = label_token_ids(tokenizer)
         label_ids = np.asarray(label_ids)

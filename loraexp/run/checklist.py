@@ -1,0 +1,528 @@
+"""``loraexp validate``: the research plan's "validate implementation" checklist for one model
+and LoRA config, run in under a minute on a 2-core CPU before GPU hours are spent
+(docs/validate.md).
+
+    loraexp validate --model smollm2-135m --set lora.target_modules=all-linear [--quantization nf4]
+
+On the real model, with one fixed batch of the chosen task (``--task``) or of synthetic tokens,
+it attaches the adapter exactly as a run does (:func:`loraexp.model.base_cache.load_base`,
+:func:`loraexp.config.methods.lora_fields`, :func:`loraexp.model.load.attach_lora`), takes ``--steps``
+optimizer steps, and checks, one line each (:data:`CHECK_NAMES`): adapters applied, trainable
+parameters (against ``--max-trainable-pct``), base frozen, gradient flow, training loss, LoRA
+parameters changed, base unchanged, save/load round trip, merge equivalence, and peak memory
+(information). Every check reuses the run-time verification's code and tolerances
+(``verification.*``): :mod:`loraexp.analysis.base_weights`, the gradient-flow callback's rule,
+:mod:`loraexp.run.merge_check`.
+
+The steps are a plain torch loop, not the HF ``Trainer``: validate needs the loss and the
+gradients of every step in hand (the gradient-flow rule is applied before each
+``optimizer.step()``, the frozen-base gradient check after the first backward), a constant
+learning rate (the Trainer's warmup would leave step 1 at learning rate 0, so lora_B could not
+move), and no Trainer set-up cost; a few lines of AdamW do exactly that.
+
+This module is the checklist on a loaded model and batch (:func:`run_checks`; tests give it
+tiny models); :mod:`loraexp.cli.validate` parses the command line, loads the real model and a
+batch, and prints the result. A target-module list that matches nothing is the failing check
+``adapters applied`` (exit code 1). Imports nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraexp.config.schema import ExperimentConfig
+from loraexp.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# One line each, in this order.
+ADAPTERS = "adapters applied"
+TRAINABLE = "trainable parameters"
+FROZEN = "base frozen"
+GRAD_FLOW = "gradient flow"
+LOSS = "training loss"
+LORA_CHANGED = "LoRA parameters changed"
+UNCHANGED = "base unchanged"
+ROUND_TRIP = "save/load round trip"
+MERGE = "merge equivalence"
+MEMORY = "peak memory"
+CHECK_NAMES = (ADAPTERS, TRAINABLE, FROZEN, GRAD_FLOW, LOSS, LORA_CHANGED, UNCHANGED, ROUND_TRIP, MERGE, MEMORY)
+
+PASS, FAIL, NOT_RUN, INFO = "pass", "fail", "not run", "info"
+
+DEFAULT_STEPS = 4
+DEFAULT_BATCH_SIZE = 4
+DEFAULT_MAX_LENGTH = 32
+SYNTHETIC_LABELS = 2  # classes of the synthetic labels of an encoder (a fresh 2-way head)
+
+
+@dataclass
+class Check:
+    """One line of the checklist.
+
+    Attributes:
+        name: one of :data:`CHECK_NAMES`.
+        status: ``pass`` | ``fail`` | ``not run`` (an earlier stage failed; counts as failed) |
+            ``info`` (a figure without a threshold).
+        figure: what was measured, for a person.
+        threshold: the rule the figure is held to.
+        details: the figures as numbers (``--json``), e.g. a
+            :class:`~loraexp.results.record.MergeCheck` as a dict.
+    """
+
+    name: str
+    status: str
+    figure: str
+    threshold: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool | None:
+        """True/False for a pass/fail; None for information and for a check that did not run."""
+        return {PASS: True, FAIL: False}.get(self.status)
+
+
+@dataclass
+class Inputs:
+    """What the checks run on.
+
+    Attributes:
+        model: the base model as loaded for training (quantized and prepared, if asked), on its
+            device; LoRA is attached by :func:`run_checks`.
+        batch: the fixed training batch, ``(rows, tokens)`` tensors with ``labels``, on the
+            model's device.
+        task_type: ``SEQ_CLS`` | ``CAUSAL_LM`` (``peft.TaskType`` value).
+        space: where the round trip and the merge compare outputs (``logits`` | ``probs``).
+        check_rows: rows of the batch the round trip and merge compare (None: all).
+        fresh_base: ``fresh_base(quantized)`` loads the base again (the round trip loads the
+            saved adapter onto it; a quantized base merges into ``fresh_base(False)``).
+        data: what the batch is, for a person (``sst2 train: 4 rows, 31 tokens max``).
+    """
+
+    model: Any
+    batch: dict[str, Any]
+    task_type: str
+    space: str
+    check_rows: int | None
+    fresh_base: Callable[[bool], Any]
+    data: str
+
+
+@dataclass
+class Report:
+    """The checklist of one validation and what it ran on; :attr:`passed` when every check
+    passed (information lines do not count, a check that did not run counts as failed)."""
+
+    model: str
+    objective: str
+    data: str
+    steps: int
+    learning_rate: float
+    method: str
+    quantization: str
+    lora: dict[str, Any]
+    checks: list[Check]
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status in (PASS, INFO) for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: ``passed``, ``exit_code``, what ran, and one object per check
+        (``name``, ``status``, ``passed``, ``figure``, ``threshold``, ``details``)."""
+        out = {"passed": self.passed, "exit_code": self.exit_code, "seconds": round(self.seconds, 2),
+               "model": self.model, "objective": self.objective, "data": self.data, "steps": self.steps,
+               "learning_rate": self.learning_rate, "method": self.method, "quantization": self.quantization,
+               "lora": self.lora}
+        out["checks"] = [{"name": c.name, "status": c.status, "passed": c.passed, "figure": c.figure,
+                          "threshold": c.threshold, "details": c.details} for c in self.checks]
+        return _plain(out)
+
+    def render(self) -> str:
+        """The checklist for a terminal: a header, one line per check (result, name, threshold,
+        figure), and a verdict line."""
+        lora = ", ".join(f"{k}={v}" for k, v in self.lora.items() if k in ("r", "lora_alpha", "target_modules"))
+        quant = "" if self.quantization == "none" else f", {self.quantization} base"
+        lines = [f"loraexp validate: {self.model} ({self.objective}{quant}), {self.method} {lora}",
+                 f"  data: {self.data}; {self.steps} AdamW steps at learning rate {self.learning_rate:g}", ""]
+        name_width = max(len(c.name) for c in self.checks)
+        threshold_width = max(len(c.threshold) for c in self.checks)
+        lines.append(f"{'result':<7}  {'check':<{name_width}}  {'threshold':<{threshold_width}}  figure")
+        for c in self.checks:
+            lines.append(f"{c.status.upper():<7}  {c.name:<{name_width}}  {c.threshold:<{threshold_width}}  {c.figure}")
+        failed = [c.name for c in self.checks if c.status == FAIL]
+        not_run = [c.name for c in self.checks if c.status == NOT_RUN]
+        counted = len([c for c in self.checks if c.status != INFO])
+        parts = []
+        if failed:
+            parts.append(f"{len(failed)} of {counted} checks failed: {', '.join(failed)}")
+        if not_run:
+            parts.append(f"{len(not_run)} did not run")
+        verdict = "; ".join(parts) or f"all {counted} checks passed"
+        lines += ["", f"{verdict} ({self.seconds:.1f} s)"]
+        return "\n".join(lines)
+
+
+# -- the checks --------------------------------------------------------------------------------
+def run_checks(cfg: ExperimentConfig, inputs: Inputs, steps: int = DEFAULT_STEPS,
+               max_trainable_pct: float | None = None) -> list[Check]:
+    """Attach LoRA to ``inputs.model``, take ``steps`` optimizer steps on ``inputs.batch`` and
+    return the checklist, one :class:`Check` per name of :data:`CHECK_NAMES`, in that order.
+
+    A stage that fails leaves the checks that need it ``not run`` (never passed): target
+    modules matching nothing stop before anything else; an exception while training or
+    checking is the failing check's figure.
+
+    Args:
+        cfg: the resolved config (``lora``, ``method``, ``seed``, ``training.learning_rate``,
+            ``verification`` tolerances, ``quantization``).
+        steps: optimizer steps (AdamW at ``training.learning_rate``, constant, betas, eps and
+            weight decay from ``training``; LoRA+ builds its own optimizer).
+        max_trainable_pct: the trainable-parameters check fails above it (percent of all
+            parameters); None: it only needs some trainable parameter.
+    """
+    validation = _Validation(cfg, inputs, steps, max_trainable_pct)
+    validation.run()
+    return validation.checklist()
+
+
+class _Validation:
+    """The stages of :func:`run_checks` and the checks they produce."""
+
+    def __init__(self, cfg: ExperimentConfig, inputs: Inputs, steps: int, max_trainable_pct: float | None):
+        self.cfg, self.inputs, self.steps, self.max_pct = cfg, inputs, steps, max_trainable_pct
+        self.checks: dict[str, Check] = {}
+        self.model = None  # the PEFT model, once attached and initialised
+        self.quantized = cfg.quantization.method != "none"
+        self.tmp = tempfile.TemporaryDirectory(prefix="loraexp-validate-")  # the saved adapters
+        self.initial_dir = Path(self.tmp.name) / "initial_adapter"
+        self.adapter_dir = Path(self.tmp.name) / "adapter"
+
+    def run(self) -> None:
+        stages = (  # each stage and the checks it produces
+            (self.attach, (ADAPTERS, TRAINABLE)),
+            (self.train, (FROZEN, GRAD_FLOW, LOSS, LORA_CHANGED, UNCHANGED)),
+            (self.round_trip, (ROUND_TRIP,)),
+            (self.merge, (MERGE,)),
+        )
+        for stage, names in stages:
+            try:
+                stage()
+            except Exception as exc:  # noqa: BLE001 -- a stage that raises fails its checks, the rest still run
+                pending = [n for n in names if n not in self.checks]
+                logger.debug("validate: %s raised", stage.__name__, exc_info=True)
+                if pending:
+                    self.checks[pending[0]] = Check(pending[0], FAIL, f"{type(exc).__name__}: "
+                                                                      f"{str(exc).splitlines()[0][:300]}")
+                for name in pending[1:]:
+                    self.checks[name] = Check(name, NOT_RUN, f"{pending[0]} raised an error")
+            if self.model is None:  # no adapter: nothing else can run
+                break
+        self.memory()
+
+    def checklist(self) -> list[Check]:
+        first_failed = next((c.name for c in self.checks.values() if c.status in (FAIL, NOT_RUN)), "an earlier check")
+        return [self.checks.get(n) or Check(n, NOT_RUN, f"needs an adapter ({first_failed} failed)")
+                for n in CHECK_NAMES]
+
+    # -- stages -------------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Adapters applied, and the parameter report."""
+        from loraexp.analysis.params import parameter_report
+        from loraexp.config.methods import lora_fields
+        from loraexp.model.load import attach_lora
+        from loraexp.model.target_modules import matched_module_names, resolve_target_modules
+
+        cfg, base = self.cfg, self.inputs.model
+        targets = resolve_target_modules(cfg.lora["target_modules"], base.config.model_type)
+        try:
+            matched_module_names(base, targets)
+        except ConfigError as exc:
+            self.checks[ADAPTERS] = Check(ADAPTERS, FAIL, f"0 modules: {exc}", ">= 1 module",
+                                          {"modules": 0, "target_modules": targets})
+            return
+        logger.info("attaching the adapter ...")
+        lora = lora_fields(cfg.method, cfg.lora, cfg.method_options)
+        model, self.lora_config = attach_lora(base, lora, seed=cfg.seed, task_type=self.inputs.task_type)
+        self.initialise(model)
+        self.model = model
+        names = lora_module_names(model)
+        groups = group_by_type(names)
+        listed = ", ".join(f"{t} x{n}" for t, n in groups.items())
+        self.checks[ADAPTERS] = Check(ADAPTERS, PASS if names else FAIL, f"{len(names)} modules: {listed or 'none'}",
+                                      ">= 1 module", {"modules": len(names), "by_type": groups,
+                                                           "target_modules": targets})
+        report = parameter_report(model)
+        # PEFT counts a packed 4-bit weight as the parameters it holds (parameter_report counts its
+        # uint8 storage elements, half as many), so the percentage of a 4-bit base is not overstated
+        trainable, total = model.get_nb_trainable_parameters()
+        report.update(total_params=total, trainable_params=trainable, trainable_pct=100.0 * trainable / total)
+        pct = report["trainable_pct"]
+        ok = trainable > 0 and (self.max_pct is None or pct <= self.max_pct)
+        figure = (f"{trainable:,} of {total:,} ({pct:.3f}%); LoRA {report['lora_params']:,}"
+                  + (f", head {report['head_params']:,}" if report["head_params"] else ""))
+        self.checks[TRAINABLE] = Check(TRAINABLE, PASS if ok else FAIL, figure,
+                                       f"<= {self.max_pct:g}%" if self.max_pct is not None else "> 0", report)
+
+    def initialise(self, model) -> None:
+        """What a method needs after ``get_peft_model`` (as the recipe does): EVA's lora_A from
+        the batch's activations; a base-rewriting initialisation's initial adapter for PEFT's
+        conversion at save time."""
+        from loraexp.config.methods import convertible, init_name
+        from loraexp.model.adapters import save_initial_adapter
+
+        init = self.lora_config.init_lora_weights
+        if init_name(init) == "eva":
+            from peft import initialize_lora_eva_weights
+
+            initialize_lora_eva_weights(model, [self.model_inputs(self.inputs.batch)], show_progress_bar=False)
+        if convertible(init):
+            save_initial_adapter(model, self.initial_dir)
+
+    def train(self) -> None:
+        """``steps`` AdamW steps on the fixed batch, with the frozen-base, gradient-flow, loss and
+        LoRA-change checks around them."""
+        import torch
+
+        from loraexp.analysis.base_weights import base_parameters, changed_tensors, fingerprint_base
+        from loraexp.analysis.params import is_lora_parameter
+        from loraexp.config.methods import init_name, loraplus_optimizer
+        from loraexp.errors import VerificationError
+        from loraexp.run.callbacks.grad_flow import GradFlowCallback
+
+        cfg, model, batch = self.cfg, self.model, self.inputs.batch
+        base = base_parameters(model)
+        requires = [n for n, p in base.items() if p.requires_grad]
+        before = fingerprint_base(model)
+        lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and is_lora_parameter(n)}
+        init = init_name(self.lora_config.init_lora_weights)
+        grad_flow = GradFlowCallback(cfg.verification.grad_flow_steps, init=init)
+        training = cfg.training
+        if cfg.method == "lora-plus":
+            optimizer = loraplus_optimizer(model, training, cfg.method_options)
+        else:
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                          lr=training["learning_rate"], weight_decay=training.get("weight_decay", 0.0),
+                                          betas=(training.get("adam_beta1", 0.9), training.get("adam_beta2", 0.999)),
+                                          eps=training.get("adam_epsilon", 1e-8))
+        state = _StepState()
+        grad_flow.on_train_begin(None, state, None)
+        flow_error = None
+        losses: list[float] = []
+        with_grad: list[str] = []
+        logger.info("training %d steps ...", self.steps)
+        torch.manual_seed(cfg.seed)
+        model.train()
+        for step in range(1, self.steps + 1):
+            loss = model(**batch).loss
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                break
+            loss.backward()
+            if step == 1:
+                with_grad = [n for n, p in base.items() if p.grad is not None]
+            state.global_step = step - 1
+            if flow_error is None:
+                try:
+                    grad_flow.on_pre_optimizer_step(None, state, None, model=model)
+                except VerificationError as exc:
+                    flow_error = str(exc)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        state.global_step = len(losses)
+        if flow_error is None:
+            grad_flow.on_train_end(None, state, None)
+        model.eval()
+
+        frozen_ok = not requires and not with_grad
+        figure = (f"{len(requires)} of {len(base)} base tensors require grad; {len(with_grad)} got a gradient in "
+                  "step 1")
+        if requires or with_grad:
+            figure += f", e.g. {(requires or with_grad)[:3]}"
+        self.checks[FROZEN] = Check(FROZEN, PASS if frozen_ok else FAIL, figure, "none",
+                                    {"base_tensors": len(base), "base_requires_grad": requires[:20],
+                                     "base_with_grad": with_grad[:20]})
+        self.checks[GRAD_FLOW] = self._grad_flow_check(grad_flow.result, flow_error)
+        self.checks[LOSS] = self._loss_check(losses)
+        changed = [n for n, p in model.named_parameters() if n in lora and not torch.equal(p.detach(), lora[n])]
+        unchanged_lora = sorted(set(lora) - set(changed))
+        figure = f"{len(changed)} of {len(lora)} trainable LoRA tensors changed"
+        if unchanged_lora:
+            figure += f"; unchanged e.g. {unchanged_lora[:3]}"
+        self.checks[LORA_CHANGED] = Check(LORA_CHANGED, PASS if lora and not unchanged_lora else FAIL, figure,
+                                          "all changed", {"changed": len(changed), "trainable_lora_tensors": len(lora),
+                                                          "unchanged": unchanged_lora[:20]})
+        moved = changed_tensors(before, fingerprint_base(model))
+        figure = f"{len(moved)} of {len(before)} base tensors changed (BLAKE2b of their bytes)"
+        if moved:
+            figure += f", e.g. {moved[:3]}"
+        self.checks[UNCHANGED] = Check(UNCHANGED, FAIL if moved else PASS, figure, "bit-identical",
+                                       {"base_tensors": len(before), "changed_tensors": moved[:20]})
+
+    def round_trip(self) -> None:
+        """``save_pretrained`` to a temporary directory, load onto a fresh base (quantized as
+        trained), compare outputs with the trained model's."""
+        from loraexp.config.methods import not_applicable_checks
+        from loraexp.model.adapters import save_converted_adapter
+        from loraexp.run.merge_check import check_adapter_reload, model_logits
+
+        why_not = not_applicable_checks(self.cfg.method, self.lora_config.init_lora_weights, False).get("reload")
+        if why_not:  # LoftQ: its adapter applies to the base its initialisation rewrote
+            self.checks[ROUND_TRIP] = Check(ROUND_TRIP, INFO, f"not applicable: {why_not}")
+            return
+        logger.info("save/load round trip ...")
+        v, batches = self.cfg.verification, self.check_batches()
+        converted = self.initial_dir.is_dir()
+        reference = None
+        if converted:  # PEFT's conversion works on the model's weights: they must come back unchanged
+            reference = model_logits(self.model.eval(), batches)
+            save_converted_adapter(self.model, self.adapter_dir, self.initial_dir)
+        else:
+            self.model.save_pretrained(str(self.adapter_dir))
+        space = self.inputs.space
+        result = check_adapter_reload(self.model, self.inputs.fresh_base(self.quantized), self.adapter_dir, batches,
+                                      atol=v.merge_atol, space=space, converted=converted, reference_logits=reference)
+        figure = (f"max |Δ {space}| {_num(result.max_abs_diff)} ({result.precision}); trained vs base max |Δlogit| "
+                  f"{_num(result.base_max_abs_diff)}")
+        if result.reason:
+            figure += f"; {result.reason}"
+        self.checks[ROUND_TRIP] = Check(ROUND_TRIP, PASS if result.passed else FAIL, figure, f"<= {v.merge_atol:g}",
+                                        dataclasses.asdict(result))
+
+    def merge(self) -> None:
+        """``merge_and_unload`` of a copy against the adapter model; a 4-bit base merges into a
+        full-precision reload (:func:`~loraexp.run.merge_check.check_quantized_merge`)."""
+        from loraexp.run.merge_check import check_merge_equivalence, check_quantized_merge
+
+        logger.info("merge check ...")
+        v, batches = self.cfg.verification, self.check_batches()
+        if self.quantized:
+            if not self.adapter_dir.is_dir():  # the round trip did not save it
+                self.model.save_pretrained(str(self.adapter_dir))
+            atol = v.quantized_merge_atol
+            _, result = check_quantized_merge(self.model, self.inputs.fresh_base(False), self.adapter_dir, batches,
+                                              atol=atol, latency_repeats=v.latency_repeats)
+        else:
+            atol = v.merge_atol
+            _, result = check_merge_equivalence(self.model, batches, atol=atol, latency_repeats=v.latency_repeats,
+                                                space=self.inputs.space)
+        figure = (f"max |Δ {result.space}| {_num(result.max_abs_diff)} ({result.precision}); adapter vs base max "
+                  f"|Δlogit| {_num(result.adapter_vs_base_max_abs_diff)}")
+        if result.quantization_gap_max_abs_diff is not None:
+            figure += (f"; merged into a full-precision reload; 4-bit vs full-precision adapter max |Δprobs| "
+                       f"{_num(result.quantization_gap_max_abs_diff)}")
+        if result.reason:
+            figure += f"; {result.reason}"
+        self.checks[MERGE] = Check(MERGE, PASS if result.passed else FAIL, figure, f"<= {atol:g}",
+                                   dataclasses.asdict(result))
+
+    def memory(self) -> None:
+        from loraexp.run.callbacks.efficiency import peak_memory_bytes
+
+        peak, kind = peak_memory_bytes()
+        what = {"cuda_allocated": "CUDA max allocated"}.get(kind, "process peak RSS")
+        self.checks[MEMORY] = Check(MEMORY, INFO, f"{peak / 2**30:.2f} GiB ({what})", "",
+                                    {"peak_mem_bytes": peak, "peak_mem_kind": kind})
+        self.tmp.cleanup()
+
+    # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    def check_batches(self) -> list[dict[str, Any]]:
+        """The batch without labels, cut to ``check_rows``: what the round trip and merge compare."""
+        rows = self.inputs.check_rows
+        return [{k: v[:rows] for k, v in self.model_inputs(self.inputs.batch).items()}]
+
+    def _grad_flow_check(self, result, error: str | None) -> Check:
+        parts = []
+        if result.lora_B_min_grad_norm_step1 is not None:
+            parts.append(f"lora_B min |grad| {_num(result.lora_B_min_grad_norm_step1)} at step 1")
+        if result.lora_A_min_grad_norm is not None:
+            parts.append(f"lora_A min |grad| {_num(result.lora_A_min_grad_norm)} by step "
+                         f"{result.lora_A_verified_step}")
+        if result.magnitude_min_grad_norm_step1 is not None:
+            parts.append(f"DoRA magnitude min |grad| {_num(result.magnitude_min_grad_norm_step1)}")
+        figure = "; ".join(parts) or "no gradient observed"
+        if not result.passed:
+            figure += f"; {error or result.reason}"
+        return Check(GRAD_FLOW, PASS if result.passed else FAIL, figure,
+                     "finite, non-zero",
+                     dataclasses.asdict(result))
+
+    def _loss_check(self, losses: list[float]) -> Check:
+        """Passes when every loss is finite and the last step's is below the first's: the same
+        batch every step, so the two are comparable (dropout aside)."""
+        finite = all(math.isfinite(x) for x in losses)
+        ok = finite and len(losses) >= 2 and losses[-1] < losses[0]
+        shown = ", ".join(f"{x:.4f}" for x in losses)
+        figure = f"{losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps ({shown})" if losses else "no step"
+        if not finite:
+            figure += f"; not finite at step {len(losses)}"
+        return Check(LOSS, PASS if ok else FAIL, figure, "last < first", {"losses": losses})
+
+
+@dataclass
+class _StepState:
+    """The part of ``transformers.TrainerState`` the gradient-flow callback reads."""
+
+    global_step: int = 0
+
+
+def lora_module_names(model) -> list[str]:
+    """Names of the modules PEFT wrapped with LoRA (``peft.tuners.lora.LoraLayer``), in model order."""
+    from peft.tuners.lora import LoraLayer
+
+    return [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def group_by_type(names: list[str]) -> dict[str, int]:
+    """Module count per type, in model order: the last name component (``q_proj``), or, where
+    two different modules share it (BERT's ``attention.output.dense`` and ``output.dense``), the
+    name after the layer index."""
+    def suffix(name: str) -> str:
+        return re.split(r"\.\d+\.", name)[-1]
+
+    kinds: dict[str, set[str]] = {}
+    for n in names:
+        kinds.setdefault(n.split(".")[-1], set()).add(suffix(n))
+    out: dict[str, int] = {}
+    for n in names:
+        key = n.split(".")[-1] if len(kinds[n.split(".")[-1]]) == 1 else suffix(n)
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as strict JSON data: tuples and sets as lists, a non-finite float as its name
+    (``"nan"``, ``"inf"``), anything else unknown as its ``str``."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _num(value: float | None) -> str:
+    """A figure to two significant digits (``3.1e-08``, ``0.067``, ``0``)."""
+    if value is None:
+        return "n/a"
+    return "0" if value == 0 else f"{value:.2g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.1e}"
