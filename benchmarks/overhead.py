@@ -17,8 +17,8 @@ so the script also times what loraexp adds inside ``Trainer.train()`` directly: 
 spent in callbacks and checkpoint saves, loraexp's minus the bare script's.
 
 The runs alternate in ABBA order (bare, loraexp, loraexp, bare, ...), so a drift of the
-machine's speed over the invocation weighs on both alike, and loraexp's in-process reuse caches
-(:mod:`loraexp.tasks.data_cache`, :mod:`loraexp.model.base_cache`) are cleared before each of its runs:
+machine's speed over the invocation weighs on both alike, and loraexp's in-process data cache
+(:mod:`loraexp.tasks.data_cache`) is cleared before each of its runs:
 every loraexp run pays what a single run pays, not what a later run of a sweep pays. An even
 ``--repeats`` keeps the order balanced (the README's figures: 6).
 
@@ -40,7 +40,6 @@ from scipy import stats
 from transformers.trainer_callback import CallbackHandler
 
 from loraexp.config.load import build_config
-from loraexp.model import base_cache
 from loraexp.run.recipe import run_experiment
 from loraexp.tasks import data_cache
 
@@ -158,7 +157,6 @@ def main() -> None:
             for kind in ("bare", "loraexp") if i % 2 == 0 else ("loraexp", "bare"):
                 out = os.path.join(tmp, f"{kind}-{i}")
                 data_cache.clear()
-                base_cache.clear()
                 start = time.perf_counter()
                 if kind == "bare":
                     bare(cfg, out)

@@ -19,7 +19,7 @@ from loraexp.config.load import build_config
 from loraexp.results.comparison import Settings, compare, render_markdown
 from loraexp.results.storage import RunStore
 from loraexp.sweep.expand import expand
-from loraexp.sweep.metric import objective
+from loraexp.sweep.metric import sweep_metric
 
 # (sweep directory, the command's settings as dotted keys; the run names come from expand())
 SWEEPS = {
@@ -55,7 +55,7 @@ def main(root: Path) -> None:
         if merges:
             print(f"merge max |dlogit| over LoRA runs: {max(merges):.3g}; reload max |dlogit|: {max(reloads):.3g}")
         print()
-        print(render_markdown(compare(sweep_dir, records, Settings.from_config(cfg, objective(cfg)[0]))))
+        print(render_markdown(compare(sweep_dir, records, Settings.from_config(cfg, sweep_metric(cfg)[0]))))
 
 
 if __name__ == "__main__":

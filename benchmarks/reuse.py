@@ -1,15 +1,16 @@
 """What reuse across a sweep saves per run (docs/design.md, "Reuse across a sweep").
 
 Two runs of one sweep (seeds 42 and 1337, everything else equal) back to back in one process,
-for each base cache mode (``off``: no reuse, data cache off too; ``map``, the default; ``copy``),
-alternating the modes within each repeat. Timed per run, in seconds:
+with the data cache ``off`` and ``on`` (the default), alternating within each repeat. (The base
+cache this script also measured until 2026-12-04 is gone: it saved 0.6-1.2 s per run; docs/design.md,
+"Reuse across a sweep".) Timed per run, in seconds:
 
 * ``load``: the stages ``load_data`` + ``load_model`` (read and select the rows, load the base
   and its tokenizer, tokenize both splits);
 * ``reload``: the reload check's second load of the base (inside ``verify_merge``).
 
-Run 1 of a pair starts from empty caches (cold), run 2 finds what run 1 left (warm). Saved per
-run = warm (load + reload) with ``off`` minus the same with the mode, medians over repeats. An
+Run 1 of a pair starts from an empty cache (cold), run 2 finds what run 1 left (warm). Saved per
+run = warm (load + reload) with ``off`` minus the same with ``on``, medians over repeats. An
 untimed run first pays the imports and fills the page cache. Training is cut to ``--steps``
 optimizer steps and the evaluation to ``--max-eval-samples`` examples (they are not timed); the
 training subset is the config's default (10,000 examples), what a sweep tokenizes.
@@ -28,12 +29,11 @@ import time
 import torch
 
 from loraexp.config.load import build_config
-from loraexp.model import base_cache
 from loraexp.run import recipe
 from loraexp.tasks import data_cache
 
 MODELS = {"minilm": "sst2", "smollm2-135m": "sst2"}
-MODES = ("off", "map", "copy")
+MODES = ("off", "on")
 SECONDS: dict[str, float] = {}
 
 
@@ -70,9 +70,8 @@ _timed_load_base()
 
 
 def set_reuse(mode: str) -> None:
-    """Base cache ``mode`` (emptied); the data cache on unless ``off`` (emptied too)."""
-    base_cache.set_mode(mode)
-    data_cache.set_enabled(mode != "off")
+    """The data cache ``on`` or ``off``, emptied."""
+    data_cache.set_enabled(mode == "on")
     data_cache.clear()
 
 
@@ -120,7 +119,7 @@ def main() -> None:
                     rows.setdefault((model, mode), []).append((cold, warm))
                     print(f"{model} {mode:4s} repeat {i}: cold load {cold['load']:.2f} s reload {cold['reload']:.2f} s;"
                           f" warm load {warm['load']:.2f} s reload {warm['reload']:.2f} s", flush=True)
-    set_reuse(base_cache.DEFAULT_MODE)
+    set_reuse("on")
     print(f"\nmedian of {args.repeats}; seconds per run; saved = warm (load + reload) without reuse - with it")
     print(f"{'model':14s} {'mode':5s} {'cold load':>9s} {'warm load':>9s} {'warm reload':>11s} {'saved/run':>9s}")
     for model in args.models:

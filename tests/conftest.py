@@ -47,17 +47,14 @@ FAST = {"training.max_steps": 6, "training.per_device_train_batch_size": 8, "tra
 
 @pytest.fixture(autouse=True)
 def fresh_reuse_caches():
-    """Every test starts with the sweep caches (:mod:`loraexp.tasks.data_cache`,
-    :mod:`loraexp.model.base_cache`) empty and in their default modes, so a test that injects a
-    fault into loading or tokenizing sees it happen, not a dataset an earlier test left."""
-    from loraexp.model import base_cache
+    """Every test starts with the sweep's data cache (:mod:`loraexp.tasks.data_cache`) empty and
+    on, so a test that injects a fault into loading or tokenizing sees it happen, not a dataset
+    an earlier test left."""
     from loraexp.tasks import data_cache
 
-    base_cache.set_mode(base_cache.DEFAULT_MODE)
     data_cache.set_enabled(True)
     data_cache.clear()
     yield
-    base_cache.set_mode(base_cache.DEFAULT_MODE)
     data_cache.set_enabled(True)
     data_cache.clear()
 

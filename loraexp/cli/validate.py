@@ -198,10 +198,8 @@ def load_inputs(cfg: ExperimentConfig, use_task: bool, batch_size: int, max_leng
     import torch
     from transformers import set_seed
 
-    from loraexp.config.methods import check_method_device
-    from loraexp.model.base_cache import load_base
-    from loraexp.model.load import SEQ_CLS, load_model_config, model_task_type
-    from loraexp.model.quantization import check_backend
+    from loraexp.model.load import SEQ_CLS, load_base, load_model_config, model_task_type
+    from loraexp.sweep.preflight import check_adapter_setup
     from loraexp.tasks import configured_task
     from loraexp.tasks.causal_lm import CausalLMTask
     from loraexp.tasks.data_cache import select
@@ -209,10 +207,6 @@ def load_inputs(cfg: ExperimentConfig, use_task: bool, batch_size: int, max_leng
 
     set_seed(cfg.seed)  # as a run seeds before loading: a fresh classification head is reproducible
     cuda = torch.cuda.is_available()
-    problem = check_method_device(cfg.method, cuda)
-    if problem:
-        raise ConfigError(problem)
-    check_backend(cfg.quantization, "cuda" if cuda else "cpu")
     model_config = load_model_config(cfg.model, cfg.trust_remote_code)
     model_type = model_task_type(model_config)
     task = rows = None
@@ -223,7 +217,7 @@ def load_inputs(cfg: ExperimentConfig, use_task: bool, batch_size: int, max_leng
             max_length = cfg.max_seq_length
     task_type = task.task_type if task else model_type
     num_labels = task.num_labels if task else (SYNTHETIC_LABELS if task_type == SEQ_CLS else 0)
-    _check_lora_config(cfg, model_config.model_type, task_type)
+    check_adapter_setup(cfg, load_model_config(cfg.model, cfg.trust_remote_code), task_type, num_labels)
 
     quantized = cfg.quantization.method != "none"
     logger.info("loading %s%s ...", cfg.model, f" ({cfg.quantization.method})" if quantized else "")
@@ -279,16 +273,3 @@ def _train_split(task, data_dir: str | None):
         raise DataError(f"`task` {task.name!r}: the training split could not be loaded from the Hub "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); give a data "
                         "directory with --data-dir, `data_dir` or $LORAEXP_DATA_DIR") from None
-
-
-def _check_lora_config(cfg: ExperimentConfig, model_type: str, task_type: str) -> None:
-    """Build the ``peft.LoraConfig`` the run would build, so that fields PEFT rejects and
-    presets unknown for the architecture are bad input found before the model is loaded.
-
-    Raises:
-        ConfigError: naming the problem.
-    """
-    from loraexp.config.methods import lora_fields
-    from loraexp.model.target_modules import lora_config
-
-    lora_config(lora_fields(cfg.method, cfg.lora, cfg.method_options), model_type, task_type=task_type)

@@ -1,4 +1,3 @@
 """Layer 5, the model: loading a base by alias, Hub id, folder or GGUF (:mod:`.load`, :mod:`.gguf`),
 target-module presets and the one ``peft.LoraConfig`` builder (:mod:`.target_modules`), saved
-adapters (:mod:`.adapters`), quantization (:mod:`.quantization`) and the base cache
-(:mod:`.base_cache`)."""
+adapters (:mod:`.adapters`), and quantization (:mod:`.quantization`)."""

@@ -11,9 +11,12 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraexp.errors import ModelError
+
+if TYPE_CHECKING:
+    from loraexp.config.schema import ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +153,7 @@ def load_model_config(name: str, trust_remote_code: bool = False):
 
 
 def load_model(name: str, task_type: str = SEQ_CLS, num_labels: int = 2, trust_remote_code: bool = False,
-               dtype=None, quantization_config=None, tokenizer=None):
+               dtype=None, quantization_config=None):
     """Load ``(model, tokenizer)`` with the auto class of ``task_type``
     (:data:`AUTO_MODEL_CLASSES`): a causal LM, a sequence classifier with ``num_labels``
     classes (0: no head to size), or an extractive QA model (a start/end head, ``qa_outputs``).
@@ -159,8 +162,6 @@ def load_model(name: str, task_type: str = SEQ_CLS, num_labels: int = 2, trust_r
         dtype: ``torch.dtype`` of the weights (None = float32 as stored by transformers' default).
         quantization_config: a ``transformers.BitsAndBytesConfig`` for a quantized base
             (see :mod:`loraexp.model.quantization`), or None.
-        tokenizer: the model's tokenizer, already loaded (:mod:`loraexp.model.base_cache`); None
-            loads it from the model's folder.
 
     A tokenizer without a pad token (Llama, GPT-2) gets its EOS token as pad, and the model
     config's ``pad_token_id`` is set so a classification head finds the last real token.
@@ -181,8 +182,7 @@ def load_model(name: str, task_type: str = SEQ_CLS, num_labels: int = 2, trust_r
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     try:
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = auto_model_class(task_type).from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise ModelError(f"`model` {name!r} could not be loaded ({type(exc).__name__}: "
@@ -232,3 +232,21 @@ def attach_lora(model, lora: dict[str, Any], seed: int | None = None, task_type:
     if seed is not None:
         torch.manual_seed(seed)
     return get_peft_model(model, config), config
+
+
+def load_base(cfg: ExperimentConfig, task_type: str, num_labels: int, quantized: bool = True):
+    """``(model, tokenizer)`` as ``cfg`` asks for its base: :func:`load_model` in
+    ``cfg.model_dtype``, quantized per ``cfg.quantization`` (and prepared for k-bit training)
+    unless ``quantized`` is False.
+
+    Raises:
+        ModelError | ConfigError: see :func:`loraexp.model.load.load_model`.
+    """
+    from loraexp.model.quantization import DTYPE_BY_NAME, bnb_config, prepare_for_training
+
+    quantization = bnb_config(cfg.quantization) if quantized else None
+    model, tokenizer = load_model(cfg.model, task_type, num_labels, cfg.trust_remote_code,
+                                  dtype=DTYPE_BY_NAME[cfg.model_dtype], quantization_config=quantization)
+    if quantization is not None:
+        model = prepare_for_training(model, cfg.quantization)
+    return model, tokenizer

@@ -235,7 +235,7 @@ def load_sweep(sweep_dir: str | Path, settings: Settings | None = None,
             ``metrics.json``, or the first run's config cannot be read.
     """
     from loraexp.config.load import build_config
-    from loraexp.sweep.metric import objective
+    from loraexp.sweep.metric import sweep_metric
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -252,7 +252,7 @@ def load_sweep(sweep_dir: str | Path, settings: Settings | None = None,
         cfg = build_config(first.config)
     except ConfigError as exc:
         raise ConfigError(f"{first.run_name}/metrics.json holds a config this loraexp cannot read: {exc}") from exc
-    metric, direction = objective(cfg)
+    metric, direction = sweep_metric(cfg)
     settings = settings or Settings.from_config(cfg, metric)
     if comparison is None:
         comparison = compare(sweep_dir, list(records.items()), settings)

@@ -5,25 +5,23 @@ and LoRA config, run in under a minute on a 2-core CPU before GPU hours are spen
     loraexp validate --model smollm2-135m --set lora.target_modules=all-linear [--quantization nf4]
 
 On the real model, with one fixed batch of the chosen task (``--task``) or of synthetic tokens,
-it attaches the adapter exactly as a run does (:func:`loraexp.model.base_cache.load_base`,
-:func:`loraexp.config.methods.lora_fields`, :func:`loraexp.model.load.attach_lora`), takes ``--steps``
-optimizer steps, and checks, one line each (:data:`CHECK_NAMES`): adapters applied, trainable
-parameters (against ``--max-trainable-pct``), base frozen, gradient flow, training loss, LoRA
-parameters changed, base unchanged, save/load round trip, merge equivalence, and peak memory
-(information). Every check reuses the run-time verification's code and tolerances
-(``verification.*``): :mod:`loraexp.analysis.base_weights`, the gradient-flow callback's rule,
-:mod:`loraexp.run.merge_check`.
-
-The steps are a plain torch loop, not the HF ``Trainer``: validate needs the loss and the
-gradients of every step in hand (the gradient-flow rule is applied before each
-``optimizer.step()``, the frozen-base gradient check after the first backward), a constant
-learning rate (the Trainer's warmup would leave step 1 at learning rate 0, so lora_B could not
-move), and no Trainer set-up cost; a few lines of AdamW do exactly that.
+it runs a run's own stages: the adapter attached by the run's strategy
+(:meth:`loraexp.run.strategies.LoraStrategy.attach`: the method's fields, EVA, the initial
+adapter of a base-rewriting initialisation), ``--steps`` optimizer steps of a
+``transformers.Trainer`` with the run's verification callbacks (frozen base, gradient flow) and
+its TrainingArguments (:func:`loraexp.run.training_args.training_arguments`; the learning rate
+constant, no warmup, so that lora_B moves at step 1), then the run's save and its reload and
+merge checks (:meth:`~loraexp.run.strategies.LoraStrategy.save`,
+:meth:`~loraexp.run.strategies.LoraStrategy.verify`). One line per check
+(:data:`CHECK_NAMES`): adapters applied, trainable parameters (against
+``--max-trainable-pct``), base frozen, gradient flow, training loss, LoRA parameters changed,
+base unchanged, save/load round trip, merge equivalence, and peak memory (information).
 
 This module is the checklist on a loaded model and batch (:func:`run_checks`; tests give it
-tiny models); :mod:`loraexp.cli.validate` parses the command line, loads the real model and a
-batch, and prints the result. A target-module list that matches nothing is the failing check
-``adapters applied`` (exit code 1). Imports nothing heavy at module level.
+tiny models); :mod:`loraexp.cli.validate` parses the command line, runs pre-flight's checks,
+loads the real model and a batch, and prints the result. A target-module list that matches
+nothing is the failing check ``adapters applied`` (exit code 1). Imports nothing heavy at
+module level.
 """
 
 from __future__ import annotations
@@ -187,10 +185,9 @@ def run_checks(cfg: ExperimentConfig, inputs: Inputs, steps: int = DEFAULT_STEPS
     checking is the failing check's figure.
 
     Args:
-        cfg: the resolved config (``lora``, ``method``, ``seed``, ``training.learning_rate``,
-            ``verification`` tolerances, ``quantization``).
-        steps: optimizer steps (AdamW at ``training.learning_rate``, constant, betas, eps and
-            weight decay from ``training``; LoRA+ builds its own optimizer).
+        cfg: the resolved config (``lora``, ``method``, ``seed``, ``training`` -- its optimizer
+            settings; the schedule is constant --, ``verification`` tolerances, ``quantization``).
+        steps: optimizer steps.
         max_trainable_pct: the trainable-parameters check fails above it (percent of all
             parameters); None: it only needs some trainable parameter.
     """
@@ -199,24 +196,57 @@ def run_checks(cfg: ExperimentConfig, inputs: Inputs, steps: int = DEFAULT_STEPS
     return validation.checklist()
 
 
+@dataclass
+class _FixedBatch:
+    """The fixed batch as the task a run's strategy and Trainer expect: its rows, a collator
+    that stacks them back, the objective and where outputs are compared."""
+
+    inputs: Inputs
+
+    @property
+    def task_type(self) -> str:
+        return self.inputs.task_type
+
+    @property
+    def merge_space(self) -> str:
+        return self.inputs.space
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        batch = self.inputs.batch
+        return [{k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
+
+    def collator(self, tokenizer=None, pad_to_multiple_of=None) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        import torch
+
+        return lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def training_defaults(self) -> dict[str, Any]:
+        return {}
+
+
 class _Validation:
     """The stages of :func:`run_checks` and the checks they produce."""
 
     def __init__(self, cfg: ExperimentConfig, inputs: Inputs, steps: int, max_trainable_pct: float | None):
+        from loraexp.results.record import Verification
+        from loraexp.run.strategies import LoraStrategy
+
         self.cfg, self.inputs, self.steps, self.max_pct = cfg, inputs, steps, max_trainable_pct
         self.checks: dict[str, Check] = {}
-        self.model = None  # the PEFT model, once attached and initialised
         self.quantized = cfg.quantization.method != "none"
         self.tmp = tempfile.TemporaryDirectory(prefix="loraexp-validate-")  # the saved adapters
-        self.initial_dir = Path(self.tmp.name) / "initial_adapter"
         self.adapter_dir = Path(self.tmp.name) / "adapter"
+        self.batch = _FixedBatch(inputs)
+        self.strategy = LoraStrategy(cfg, Path(self.tmp.name), main=True)
+        self.tuned = None  # the PEFT model, once attached and initialised
+        self.verification = Verification()
 
     def run(self) -> None:
         stages = (  # each stage and the checks it produces
             (self.attach, (ADAPTERS, TRAINABLE)),
             (self.train, (FROZEN, GRAD_FLOW, LOSS, LORA_CHANGED, UNCHANGED)),
-            (self.round_trip, (ROUND_TRIP,)),
-            (self.merge, (MERGE,)),
+            (self.verify, (ROUND_TRIP, MERGE)),
         )
         for stage, names in stages:
             try:
@@ -229,7 +259,7 @@ class _Validation:
                                                                       f"{str(exc).splitlines()[0][:300]}")
                 for name in pending[1:]:
                     self.checks[name] = Check(name, NOT_RUN, f"{pending[0]} raised an error")
-            if self.model is None:  # no adapter: nothing else can run
+            if self.tuned is None:  # no adapter: nothing else can run
                 break
         self.memory()
 
@@ -242,8 +272,6 @@ class _Validation:
     def attach(self) -> None:
         """Adapters applied, and the parameter report."""
         from loraexp.analysis.params import parameter_report
-        from loraexp.config.methods import lora_fields
-        from loraexp.model.load import attach_lora
         from loraexp.model.target_modules import matched_module_names, resolve_target_modules
 
         cfg, base = self.cfg, self.inputs.model
@@ -255,10 +283,8 @@ class _Validation:
                                           {"modules": 0, "target_modules": targets})
             return
         logger.info("attaching the adapter ...")
-        lora = lora_fields(cfg.method, cfg.lora, cfg.method_options)
-        model, self.lora_config = attach_lora(base, lora, seed=cfg.seed, task_type=self.inputs.task_type)
-        self.initialise(model)
-        self.model = model
+        self.tuned = self.strategy.attach(base, self.batch, self.batch.rows, tokenizer=None)
+        model = self.tuned.model
         names = lora_module_names(model)
         groups = group_by_type(names)
         listed = ", ".join(f"{t} x{n}" for t, n in groups.items())
@@ -266,8 +292,8 @@ class _Validation:
                                       ">= 1 module", {"modules": len(names), "by_type": groups,
                                                            "target_modules": targets})
         report = parameter_report(model)
-        # PEFT counts a packed 4-bit weight as the parameters it holds (parameter_report counts its
-        # uint8 storage elements, half as many), so the percentage of a 4-bit base is not overstated
+        # PEFT counts a packed 4-bit weight as the parameters it holds, so the percentage of a
+        # 4-bit base is not overstated
         trainable, total = model.get_nb_trainable_parameters()
         report.update(total_params=total, trainable_params=trainable, trainable_pct=100.0 * trainable / total)
         pct = report["trainable_pct"]
@@ -277,86 +303,51 @@ class _Validation:
         self.checks[TRAINABLE] = Check(TRAINABLE, PASS if ok else FAIL, figure,
                                        f"<= {self.max_pct:g}%" if self.max_pct is not None else "> 0", report)
 
-    def initialise(self, model) -> None:
-        """What a method needs after ``get_peft_model`` (as the recipe does): EVA's lora_A from
-        the batch's activations; a base-rewriting initialisation's initial adapter for PEFT's
-        conversion at save time."""
-        from loraexp.config.methods import convertible, init_name
-        from loraexp.model.adapters import save_initial_adapter
-
-        init = self.lora_config.init_lora_weights
-        if init_name(init) == "eva":
-            from peft import initialize_lora_eva_weights
-
-            initialize_lora_eva_weights(model, [self.model_inputs(self.inputs.batch)], show_progress_bar=False)
-        if convertible(init):
-            save_initial_adapter(model, self.initial_dir)
-
     def train(self) -> None:
-        """``steps`` AdamW steps on the fixed batch, with the frozen-base, gradient-flow, loss and
-        LoRA-change checks around them."""
+        """``steps`` optimizer steps of a Trainer on the fixed batch, with the run's frozen-base
+        and gradient-flow callbacks (a violation recorded, training going on), and the loss
+        and LoRA-change checks around them."""
         import torch
+        from transformers import Trainer, TrainingArguments
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        from loraexp.analysis.base_weights import base_parameters, changed_tensors, fingerprint_base
         from loraexp.analysis.params import is_lora_parameter
-        from loraexp.config.methods import init_name, loraplus_optimizer
-        from loraexp.errors import VerificationError
-        from loraexp.run.callbacks.grad_flow import GradFlowCallback
+        from loraexp.config.methods import loraplus_optimizer
+        from loraexp.run.callbacks.observe import LossRecorder, UntilFailure
+        from loraexp.run.training_args import training_arguments
 
-        cfg, model, batch = self.cfg, self.model, self.inputs.batch
-        base = base_parameters(model)
-        requires = [n for n, p in base.items() if p.requires_grad]
-        before = fingerprint_base(model)
+        cfg, model = self.cfg, self.tuned.model
         lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and is_lora_parameter(n)}
-        init = init_name(self.lora_config.init_lora_weights)
-        grad_flow = GradFlowCallback(cfg.verification.grad_flow_steps, init=init)
-        training = cfg.training
-        if cfg.method == "lora-plus":
-            optimizer = loraplus_optimizer(model, training, cfg.method_options)
-        else:
-            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                          lr=training["learning_rate"], weight_decay=training.get("weight_decay", 0.0),
-                                          betas=(training.get("adam_beta1", 0.9), training.get("adam_beta2", 0.999)),
-                                          eps=training.get("adam_epsilon", 1e-8))
-        state = _StepState()
-        grad_flow.on_train_begin(None, state, None)
-        flow_error = None
-        losses: list[float] = []
-        with_grad: list[str] = []
+        run_callbacks = self.strategy.callbacks(self.tuned, {}, None, log=lambda metrics, step: None)
+        frozen, grad_flow, losses = run_callbacks["frozen"], UntilFailure(run_callbacks["grad_flow"]), LossRecorder()
+        frozen.stop = False
+        rows = len(self.batch.rows)
+        training = {**training_arguments(cfg, self.batch, self.strategy), "max_steps": self.steps,
+                    "per_device_train_batch_size": rows, "gradient_accumulation_steps": 1, "num_train_epochs": 1,
+                    "lr_scheduler_type": "constant", "warmup_steps": 0, "logging_steps": 1, "save_strategy": "no",
+                    "eval_strategy": "no", "disable_tqdm": True, "dataloader_drop_last": False}
+        args = TrainingArguments(output_dir=str(Path(self.tmp.name) / "trainer"), seed=cfg.seed, report_to="none",
+                                 **training)
+        optimizer = loraplus_optimizer(model, training, cfg.method_options) if cfg.method == "lora-plus" else None
+        trainer = Trainer(model=model, args=args, train_dataset=self.batch.rows, data_collator=self.batch.collator(),
+                          callbacks=[frozen, grad_flow, losses], optimizers=(optimizer, None))
+        for printer in (ProgressCallback, PrinterCallback):
+            trainer.pop_callback(printer)
         logger.info("training %d steps ...", self.steps)
-        torch.manual_seed(cfg.seed)
-        model.train()
-        for step in range(1, self.steps + 1):
-            loss = model(**batch).loss
-            losses.append(float(loss.detach()))
-            if not math.isfinite(losses[-1]):
-                break
-            loss.backward()
-            if step == 1:
-                with_grad = [n for n, p in base.items() if p.grad is not None]
-            state.global_step = step - 1
-            if flow_error is None:
-                try:
-                    grad_flow.on_pre_optimizer_step(None, state, None, model=model)
-                except VerificationError as exc:
-                    flow_error = str(exc)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        state.global_step = len(losses)
-        if flow_error is None:
-            grad_flow.on_train_end(None, state, None)
+        trainer.train()
         model.eval()
 
-        frozen_ok = not requires and not with_grad
-        figure = (f"{len(requires)} of {len(base)} base tensors require grad; {len(with_grad)} got a gradient in "
-                  "step 1")
+        check = frozen.result
+        requires, with_grad = check.base_requires_grad, check.base_with_grad
+        figure = (f"{len(requires)} of {check.base_tensors} base tensors require grad; {len(with_grad)} got a gradient "
+                  "in step 1")
         if requires or with_grad:
             figure += f", e.g. {(requires or with_grad)[:3]}"
-        self.checks[FROZEN] = Check(FROZEN, PASS if frozen_ok else FAIL, figure, "none",
-                                    {"base_tensors": len(base), "base_requires_grad": requires[:20],
+        self.checks[FROZEN] = Check(FROZEN, PASS if not requires and not with_grad else FAIL, figure, "none",
+                                    {"base_tensors": check.base_tensors, "base_requires_grad": requires[:20],
                                      "base_with_grad": with_grad[:20]})
-        self.checks[GRAD_FLOW] = self._grad_flow_check(grad_flow.result, flow_error)
-        self.checks[LOSS] = self._loss_check(losses)
+        self.checks[GRAD_FLOW] = self._grad_flow_check(grad_flow.callback.result, grad_flow.error)
+        self.checks[LOSS] = self._loss_check(losses.values)
         changed = [n for n, p in model.named_parameters() if n in lora and not torch.equal(p.detach(), lora[n])]
         unchanged_lora = sorted(set(lora) - set(changed))
         figure = f"{len(changed)} of {len(lora)} trainable LoRA tensors changed"
@@ -365,60 +356,45 @@ class _Validation:
         self.checks[LORA_CHANGED] = Check(LORA_CHANGED, PASS if lora and not unchanged_lora else FAIL, figure,
                                           "all changed", {"changed": len(changed), "trainable_lora_tensors": len(lora),
                                                           "unchanged": unchanged_lora[:20]})
-        moved = changed_tensors(before, fingerprint_base(model))
-        figure = f"{len(moved)} of {len(before)} base tensors changed (BLAKE2b of their bytes)"
+        moved = check.changed_tensors
+        figure = f"{len(moved)} of {check.base_tensors} base tensors changed (BLAKE2b of their bytes)"
         if moved:
             figure += f", e.g. {moved[:3]}"
         self.checks[UNCHANGED] = Check(UNCHANGED, FAIL if moved else PASS, figure, "bit-identical",
-                                       {"base_tensors": len(before), "changed_tensors": moved[:20]})
+                                       {"base_tensors": check.base_tensors, "changed_tensors": moved[:20]})
 
-    def round_trip(self) -> None:
-        """``save_pretrained`` to a temporary directory, load onto a fresh base (quantized as
-        trained), compare outputs with the trained model's."""
+    def verify(self) -> None:
+        """The run's save, reload check and merge check: ``save_pretrained`` to a temporary
+        directory (converted after a base-rewriting initialisation), loaded onto a fresh load of
+        the base and compared with the trained model's outputs; then ``merge_and_unload`` of a
+        copy against the adapter model, a 4-bit base merged into a full-precision reload."""
         from loraexp.config.methods import not_applicable_checks
-        from loraexp.model.adapters import save_converted_adapter
-        from loraexp.run.merge_check import check_adapter_reload, model_logits
+        from loraexp.run.merge_check import model_logits
 
-        why_not = not_applicable_checks(self.cfg.method, self.lora_config.init_lora_weights, False).get("reload")
-        if why_not:  # LoftQ: its adapter applies to the base its initialisation rewrote
-            self.checks[ROUND_TRIP] = Check(ROUND_TRIP, INFO, f"not applicable: {why_not}")
-            return
-        logger.info("save/load round trip ...")
-        v, batches = self.cfg.verification, self.check_batches()
-        converted = self.initial_dir.is_dir()
+        v, model = self.cfg.verification, self.tuned.model
+        self.verification.not_applicable = not_applicable_checks(self.cfg.method, self.tuned.init_lora_weights,
+                                                                 self.quantized)
+        batches = self.check_batches()
         reference = None
-        if converted:  # PEFT's conversion works on the model's weights: they must come back unchanged
-            reference = model_logits(self.model.eval(), batches)
-            save_converted_adapter(self.model, self.adapter_dir, self.initial_dir)
+        if "reload" not in self.verification.not_applicable:
+            reference = model_logits(model.eval(), batches)
+        logger.info("save/load round trip and merge check ...")
+        self.strategy.save(self.tuned, self.adapter_dir)
+        self.strategy.verify(self.tuned, self.verification, self.adapter_dir, lambda: batches, self.batch,
+                             lambda: self.inputs.fresh_base(False), reference)
+        why_not = self.verification.not_applicable.get("reload")
+        if why_not:  # a quantized base, LoftQ: the merge check is the round trip
+            self.checks[ROUND_TRIP] = Check(ROUND_TRIP, INFO, f"not applicable: {why_not}")
         else:
-            self.model.save_pretrained(str(self.adapter_dir))
-        space = self.inputs.space
-        result = check_adapter_reload(self.model, self.inputs.fresh_base(self.quantized), self.adapter_dir, batches,
-                                      atol=v.merge_atol, space=space, converted=converted, reference_logits=reference)
-        figure = (f"max |Δ {space}| {_num(result.max_abs_diff)} ({result.precision}); trained vs base max |Δlogit| "
-                  f"{_num(result.base_max_abs_diff)}")
-        if result.reason:
-            figure += f"; {result.reason}"
-        self.checks[ROUND_TRIP] = Check(ROUND_TRIP, PASS if result.passed else FAIL, figure, f"<= {v.merge_atol:g}",
-                                        dataclasses.asdict(result))
-
-    def merge(self) -> None:
-        """``merge_and_unload`` of a copy against the adapter model; a 4-bit base merges into a
-        full-precision reload (:func:`~loraexp.run.merge_check.check_quantized_merge`)."""
-        from loraexp.run.merge_check import check_merge_equivalence, check_quantized_merge
-
-        logger.info("merge check ...")
-        v, batches = self.cfg.verification, self.check_batches()
-        if self.quantized:
-            if not self.adapter_dir.is_dir():  # the round trip did not save it
-                self.model.save_pretrained(str(self.adapter_dir))
-            atol = v.quantized_merge_atol
-            _, result = check_quantized_merge(self.model, self.inputs.fresh_base(False), self.adapter_dir, batches,
-                                              atol=atol, latency_repeats=v.latency_repeats)
-        else:
-            atol = v.merge_atol
-            _, result = check_merge_equivalence(self.model, batches, atol=atol, latency_repeats=v.latency_repeats,
-                                                space=self.inputs.space)
+            result = self.verification.reload
+            figure = (f"max |Δ {self.inputs.space}| {_num(result.max_abs_diff)} ({result.precision}); trained vs base "
+                      f"max |Δlogit| {_num(result.base_max_abs_diff)}")
+            if result.reason:
+                figure += f"; {result.reason}"
+            self.checks[ROUND_TRIP] = Check(ROUND_TRIP, PASS if result.passed else FAIL, figure,
+                                            f"<= {v.merge_atol:g}", dataclasses.asdict(result))
+        result = self.verification.merge
+        atol = v.quantized_merge_atol if self.quantized else v.merge_atol
         figure = (f"max |Δ {result.space}| {_num(result.max_abs_diff)} ({result.precision}); adapter vs base max "
                   f"|Δlogit| {_num(result.adapter_vs_base_max_abs_diff)}")
         if result.quantization_gap_max_abs_diff is not None:
@@ -439,14 +415,10 @@ class _Validation:
         self.tmp.cleanup()
 
     # -- helpers ------------------------------------------------------------------------------
-    @staticmethod
-    def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in batch.items() if k != "labels"}
-
     def check_batches(self) -> list[dict[str, Any]]:
         """The batch without labels, cut to ``check_rows``: what the round trip and merge compare."""
         rows = self.inputs.check_rows
-        return [{k: v[:rows] for k, v in self.model_inputs(self.inputs.batch).items()}]
+        return [{k: v[:rows] for k, v in self.inputs.batch.items() if k != "labels"}]
 
     def _grad_flow_check(self, result, error: str | None) -> Check:
         parts = []
@@ -460,8 +432,7 @@ class _Validation:
         figure = "; ".join(parts) or "no gradient observed"
         if not result.passed:
             figure += f"; {error or result.reason}"
-        return Check(GRAD_FLOW, PASS if result.passed else FAIL, figure,
-                     "finite, non-zero",
+        return Check(GRAD_FLOW, PASS if result.passed else FAIL, figure, "finite, non-zero",
                      dataclasses.asdict(result))
 
     def _loss_check(self, losses: list[float]) -> Check:
@@ -472,15 +443,8 @@ class _Validation:
         shown = ", ".join(f"{x:.4f}" for x in losses)
         figure = f"{losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps ({shown})" if losses else "no step"
         if not finite:
-            figure += f"; not finite at step {len(losses)}"
+            figure += f"; not finite at step {next(i for i, x in enumerate(losses, 1) if not math.isfinite(x))}"
         return Check(LOSS, PASS if ok else FAIL, figure, "last < first", {"losses": losses})
-
-
-@dataclass
-class _StepState:
-    """The part of ``transformers.TrainerState`` the gradient-flow callback reads."""
-
-    global_step: int = 0
 
 
 def lora_module_names(model) -> list[str]:

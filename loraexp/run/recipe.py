@@ -25,7 +25,7 @@ from typing import Any
 
 from loraexp.config.schema import ExperimentConfig
 from loraexp.errors import NonFiniteError, VerificationError
-from loraexp.model.base_cache import load_base
+from loraexp.model.load import load_base
 from loraexp.results.record import (
     STATUS_COMPLETED,
     STATUS_FAILED,
@@ -40,7 +40,6 @@ from loraexp.results.record import (
     package_versions,
 )
 from loraexp.results.storage import RunStore, free_bytes, is_disk_full, remove_temp_files
-from loraexp.run.merge_check import trim_padding
 from loraexp.run.resume import ResumePlan
 from loraexp.run.strategies import Tuned
 from loraexp.run.training_args import training_arguments
@@ -131,7 +130,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
             stage(recipe.pause_at_rung, data, base)
         else:
             stage(recipe.evaluate, data, base, tuned)
-            stage(recipe.save_adapter, data, tuned)
+            stage(recipe.save_adapter, data, base, tuned)
             stage(recipe.measure_drift, tuned)
             stage(recipe.verify_merge, data, base, tuned)
             stage(recipe.conclude)
@@ -241,7 +240,7 @@ class LoraRecipe:
         return RunData(task, data_dir, train, evaluation)
 
     def load_model(self, data: RunData) -> Base:
-        """Load the base (quantized if asked; :mod:`loraexp.model.base_cache`) and tokenize both splits
+        """Load the base (quantized if asked; :func:`~loraexp.model.load.load_base`) and tokenize both splits
         (once per process for the runs that share data and tokenizer, :mod:`loraexp.tasks.data_cache`)."""
         cfg, task = self.cfg, data.task
         model, tokenizer = load_base(cfg, task.task_type, task.num_labels)
@@ -410,17 +409,19 @@ class LoraRecipe:
         self.tracker.table("representation_drift/cka", ["layer", "cka"], [[i, c] for i, c in enumerate(drift["cka"])],
                            line=("layer", "cka", "Linear CKA, base vs trained, per layer"))
 
-    def save_adapter(self, data: RunData, tuned: Tuned) -> None:
+    def save_adapter(self, data: RunData, base: Base, tuned: Tuned) -> None:
         """Keep the evaluated model's outputs on the check batches for the reload check, then
         save what the run trained (:meth:`~loraexp.run.strategies.LoraStrategy.save`: the
-        adapter, converted by PEFT after a base-rewriting initialisation) and record the final
-        adapter statistics and rank metrics."""
+        adapter, converted by PEFT after a base-rewriting initialisation; full fine-tuning with
+        ``export_merged``: the model) and record the final adapter statistics and rank metrics."""
         from loraexp.analysis.adapter_stats import aggregate_rank_metrics
         from loraexp.run.merge_check import model_logits
 
         if self.main and "reload" not in self.record.verification.not_applicable:
             self.reference_logits = model_logits(tuned.model.eval(), self.check_batches(data, tuned))
-        self.strategy.save(tuned, self.store.adapter_dir)
+        exporting = self.cfg.export_merged and self.main
+        export = (lambda model: self.save_merged(model, base.tokenizer)) if exporting else None
+        self.strategy.save(tuned, self.store.adapter_dir, export)
         final = self.strategy.final_statistics(self.callbacks)
         if final is None:
             return
@@ -434,7 +435,7 @@ class LoraRecipe:
     def verify_merge(self, data: RunData, base: Base, tuned: Tuned) -> None:
         """The reload and merge-equivalence checks on rank 0
         (:meth:`~loraexp.run.strategies.LoraStrategy.verify`; nothing for full fine-tuning).
-        With ``export_merged``, save the model to ``<run>/merged`` once the check passed."""
+        With ``export_merged``, save the merged model to ``<run>/merged`` once the check passed."""
         task = data.task
         merged = self.strategy.verify(
             tuned, self.record.verification, self.store.adapter_dir, lambda: self.check_batches(data, tuned), task,
@@ -442,9 +443,7 @@ class LoraRecipe:
         if self.cfg.export_merged and self.main:
             model = self.strategy.exported(tuned, merged, self.record.verification)
             if model is not None:
-                model.save_pretrained(str(self.store.run_dir / "merged"))
-                base.tokenizer.save_pretrained(str(self.store.run_dir / "merged"))
-                self.record.merged_dir = str(self.store.run_dir / "merged")
+                self.save_merged(model, base.tokenizer)
 
     def conclude(self) -> None:
         """The convergence figures (:func:`~loraexp.analysis.convergence.loss_decrease`, from
@@ -551,6 +550,13 @@ class LoraRecipe:
             return False
         return True
 
+    def save_merged(self, model, tokenizer) -> None:
+        """``save_pretrained`` ``model`` and the tokenizer to ``<run>/merged`` (``export_merged``)."""
+        merged = self.store.run_dir / "merged"
+        model.save_pretrained(str(merged))
+        tokenizer.save_pretrained(str(merged))
+        self.record.merged_dir = str(merged)
+
     @property
     def checkpoints_dir(self) -> Path:
         return self.store.run_dir / "checkpoints"
@@ -575,6 +581,8 @@ class LoraRecipe:
         """The eval batches the reload and merge checks compare on
         (``verification.merge_eval_batches``, cut to the task's ``merge_check_rows`` and, by
         :func:`trim_padding`, to their longest row), without labels; taken once."""
+        from loraexp.run.merge_check import trim_padding
+
         if self._check_batches is None:
             rows, count = data.task.merge_check_rows, self.cfg.verification.merge_eval_batches
             batches = []

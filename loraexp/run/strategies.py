@@ -145,9 +145,10 @@ class LoraStrategy:
             FrozenBaseCheck(passed=False, reason=f"checkpoint {checkpoint} has no verification record"))
         callbacks["stats"].finish(checkpoint_step(checkpoint), tuned.model)
 
-    def save(self, tuned: Tuned, adapter_dir: Path) -> None:
+    def save(self, tuned: Tuned, adapter_dir: Path, export: Callable[[Any], None] | None = None) -> None:
         """On rank 0: ``save_pretrained`` the adapter (safetensors); an initialisation that
-        rewrote the base is converted by PEFT to apply to the original base."""
+        rewrote the base is converted by PEFT to apply to the original base. ``export`` is not
+        called here: the merged model is exported once the merge check passed (:meth:`exported`)."""
         from loraexp.model.adapters import save_converted_adapter
 
         if not self.main:
@@ -259,8 +260,10 @@ class FullFineTuningStrategy:
                                     f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
         callbacks["full_training"].finish_restored(tuned.model)
 
-    def save(self, tuned: Tuned, adapter_dir: Path) -> None:
-        """Nothing: there is no adapter (``export_merged`` saves the model to ``<run>/merged``)."""
+    def save(self, tuned: Tuned, adapter_dir: Path, export: Callable[[Any], None] | None = None) -> None:
+        """No adapter to save; with ``export_merged`` (``export`` given) the trained model itself."""
+        if export is not None:
+            export(tuned.model)
 
     def verify(self, tuned: Tuned, verification, adapter_dir: Path, check_batches, task, load_original,
                reference_logits) -> Any:
@@ -272,8 +275,8 @@ class FullFineTuningStrategy:
         return None
 
     def exported(self, tuned: Tuned, merged, verification):
-        """What ``export_merged`` saves: the trained model itself."""
-        return tuned.model
+        """Nothing more: :meth:`save` exported the trained model."""
+        return None
 
     def recovery_hint(self, config_path: Path, last_checkpoint: str, sweep: str) -> str:
         """No adapter to warm-start from: no hint."""

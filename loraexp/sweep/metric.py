@@ -9,7 +9,7 @@ from loraexp.tasks import MAIN_METRICS
 MINIMIZED = ("loss", "perplexity")
 
 
-def objective(cfg: ExperimentConfig) -> tuple[str, str]:
+def sweep_metric(cfg: ExperimentConfig) -> tuple[str, str]:
     """``(eval metric key, "maximize" | "minimize")`` from ``sweep.metric``/``sweep.direction``;
     defaults: the task's main metric (:data:`loraexp.tasks.MAIN_METRICS`: accuracy for the
     classification tasks, sst2 with a verbalizer included; loss for the language-modelling

@@ -41,7 +41,7 @@ from loraexp.results.record import STATUS_BUSY, STATUS_COMPLETED, STATUS_RUNNING
 from loraexp.results.summary import write_sweep_summary
 from loraexp.sweep.expand import expand
 from loraexp.sweep.grid import grid_parameters, overrides_from_params
-from loraexp.sweep.metric import objective
+from loraexp.sweep.metric import sweep_metric
 from loraexp.sweep.preflight import preflight
 from loraexp.sweep.runner import RunResult, SweepResult, run_trial, trial_run_store
 
@@ -140,7 +140,7 @@ def run_optuna(cfg: ExperimentConfig, resume: bool = True) -> SweepResult:
     runs = expand(cfg)
     sweep_dir = Path(cfg.output_dir) / sweep_name(cfg)
     preflight(runs, sweep_dir)
-    metric, direction = objective(cfg)
+    metric, direction = sweep_metric(cfg)
     if cfg.sweep.pruner != "none":
         return _run_pruned_study(cfg, runs, sweep_dir, metric, direction)
     space = grid_parameters(cfg) if grid else None

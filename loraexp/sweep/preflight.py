@@ -267,6 +267,29 @@ def _check_output_dir(sweep_dir: Path, runs: list[tuple[str, ExperimentConfig]],
                 raise ConfigError(changed)
 
 
+def check_adapter_setup(cfg: ExperimentConfig, model_config, task_type: str, num_labels: int) -> None:
+    """Pre-flight's checks of one run's method, quantization, training settings and adapter on
+    a weightless copy of the model -- what ``loraexp validate`` checks before it loads the model.
+    Target modules that match nothing are not checked here (validate reports them as its failing
+    ``adapters applied`` line).
+
+    Raises:
+        ConfigError: the first problem found, naming the field.
+    """
+    from loraexp.model.target_modules import matched_module_names, resolve_target_modules
+
+    _check_method_device(cfg)
+    _check_quantization(cfg)
+    skeleton = _skeleton(model_config, task_type, num_labels)
+    _check_training_device(cfg, skeleton)
+    targets = resolve_target_modules(cfg.lora["target_modules"], model_config.model_type)  # an unknown preset: raises
+    try:
+        matched_module_names(skeleton, targets)
+    except ConfigError:
+        return  # nothing to adapt: validate's failing "adapters applied" line says so, with the Linear modules
+    _check_lora(cfg, skeleton, model_config, task_type)
+
+
 def preflight(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path, rerun: bool = False) -> None:
     """Fail before any training, writing nothing, if any run cannot start: unknown task,
     missing, non-UTF-8 or malformed data file (a label outside the task's classes included),

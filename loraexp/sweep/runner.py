@@ -33,7 +33,7 @@ from loraexp.results.storage import RunStore, free_bytes, is_disk_full
 from loraexp.results.summary import write_sweep_summary
 from loraexp.run.distributed import broadcast_from_main, is_main_process
 from loraexp.sweep.expand import expand
-from loraexp.sweep.metric import objective
+from loraexp.sweep.metric import sweep_metric
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def run_sweep(cfg: ExperimentConfig, rerun: bool = False, progress: bool = True,
     sweep_dir = Path(cfg.output_dir) / sweep_name(cfg)
     with preemption.guard():
         preflight(runs, sweep_dir, rerun=rerun)
-        metric, direction = objective(cfg)
+        metric, direction = sweep_metric(cfg)
         results: list[RunResult] = []
         run_all = _run_pruned if cfg.sweep.pruner != "none" else _run_each
         try:
@@ -234,7 +234,7 @@ def _run_pruned(runs: list[tuple[str, ExperimentConfig]], sweep_dir: Path, resul
     from loraexp.sweep import pruning
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # loraexp logs each decision itself
-    study = optuna.create_study(direction=objective(cfg)[1], pruner=pruning.make_pruner(cfg))
+    study = optuna.create_study(direction=sweep_metric(cfg)[1], pruner=pruning.make_pruner(cfg))
     confs = pruning.configurations(runs, cfg.sweep.baseline)
     pruning.check_prunable(confs, cfg)  # before any training
     confs = pruning.trial_order(confs, cfg.seed)
@@ -329,7 +329,7 @@ def run_trial(base: ExperimentConfig, overrides: dict[str, Any], resume: bool = 
         names = [n for n, _ in expand(base)]
         present = sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
         write_sweep_summary(sweep_dir, names + [n for n in present if n not in names],
-                            Settings.from_config(base, objective(base)[0]))
+                            Settings.from_config(base, sweep_metric(base)[0]))
     if result.status == STATUS_INTERRUPTED:  # the worker stops too: the VM is going away
         raise preemption.Preempted(result.record.interruption.signal_number)
     return result

@@ -34,7 +34,7 @@ from loraexp.results.naming import sweep_name
 from loraexp.results.storage import atomic_write_text
 from loraexp.sweep.expand import expand
 from loraexp.sweep.grid import grid_parameters
-from loraexp.sweep.metric import objective
+from loraexp.sweep.metric import sweep_metric
 
 TRIAL_PROGRAM = "experiments/trial.py"
 
@@ -48,7 +48,7 @@ def base_config_path(sweep_path: str | Path) -> Path:
 def sweep_spec(cfg: ExperimentConfig, base_path: str | Path) -> dict[str, Any]:
     """The W&B sweep configuration (a dict) for ``cfg``'s runs, in ``tracking.project`` (and
     ``tracking.entity``, when set)."""
-    metric, goal = objective(cfg)
+    metric, goal = sweep_metric(cfg)
     where = {"project": cfg.tracking.project, **({"entity": cfg.tracking.entity} if cfg.tracking.entity else {})}
     stopping = ({"early_terminate": {"type": "hyperband", "min_iter": 1, "eta": cfg.sweep.reduction_factor}}
                 if cfg.sweep.pruner != "none" else {})

@@ -23,17 +23,21 @@ class FrozenBaseCallback(TrainerCallback):
     ``result`` is a :class:`~loraexp.results.record.FrozenBaseCheck` (``passed`` stays None until
     train end). The fingerprints are taken after the adapter's initialisation, so for PiSSA
     and OLoRA the frozen base is the residual W − s·B0·A0 they produce (``reference`` says so).
+    With ``stop`` False (``loraexp validate``) a violation is recorded and training goes on, so
+    every part of the check is observed.
     """
 
-    def __init__(self, reference: str | None = None):
+    def __init__(self, reference: str | None = None, stop: bool = True):
         self.reference = reference
+        self.stop = stop
         self.result = FrozenBaseCheck(reference=reference)
         self._start: dict[str, str] = {}
         self._grads_checked = False
 
     def _fail(self, what: str, names: list[str]) -> None:
         self.result.passed = False
-        raise VerificationError(f"frozen base violated: {len(names)} base tensors {what}, e.g. {names[:5]}")
+        if self.stop:
+            raise VerificationError(f"frozen base violated: {len(names)} base tensors {what}, e.g. {names[:5]}")
 
     def on_train_begin(self, args, state, control, **kwargs):
         model = kwargs["model"]
@@ -63,4 +67,4 @@ class FrozenBaseCallback(TrainerCallback):
         self.result.changed_tensors = changed
         if changed:
             self._fail("changed during training", changed)
-        self.result.passed = True
+        self.result.passed = not (changed or self.result.base_requires_grad or self.result.base_with_grad)
