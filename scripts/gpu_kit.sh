@@ -8,7 +8,7 @@
 #   bash scripts/gpu_kit.sh dry-run           here: a .gpu-kit-venv/ with only the device's packages,
 #                                             then `run --tiny` with it (CPU)
 #
-# Device call: run(command="bash scripts/gpu_kit.sh run", carry=[".gpu-kit"], timeout_s=480)
+# Device call: run(command="bash scripts/gpu_kit.sh run", carry=[".gpu-kit"], timeout_s=560)
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
