@@ -10,11 +10,12 @@ prove that the script runs.
 
 Configurations (``--only`` picks some):
 
-* ``lora-1b``: LoRA (r 16, attention) on the Llama-3.2-1B shape in bf16, loraexp and bare in
-  ABBA order over ``--repeats`` pairs;
+* ``lora-1b``: LoRA (r 16, attention) on the Llama-3.2-1B shape, float32 weights under bf16
+  autocast (loraexp's GPU default, docs/gpu.md "Defaults on a GPU"; the bare script the same),
+  loraexp and bare in ABBA order over ``--repeats`` pairs;
 * ``qlora-3b``: QLoRA (NF4, double quantization, bf16 compute) on the Llama-3.2-3B shape, the same;
-* switches on ``lora-1b``, one run each: eager attention instead of SDPA (bare: loraexp loads with
-  transformers' default, SDPA), padding-free packing of LIMA's variable-length examples with
+* switches on ``lora-1b``, one run each: bf16 weights (bare), eager attention instead of SDPA
+  (bare: loraexp loads with transformers' default, SDPA), padding-free packing of LIMA's variable-length examples with
   ``DataCollatorWithFlattening`` against padding (bare: loraexp has no packing), gradient
   checkpointing, paged 8-bit AdamW (``optim: paged_adamw_8bit``), Liger kernels
   (``use_liger_kernel``).
@@ -134,8 +135,9 @@ def bare(folder: str, out: str, args, quantized: bool, **switch) -> dict:
     from transformers.trainer_callback import PrinterCallback
 
     gpu = torch.cuda.is_available()
-    dtype = torch.bfloat16 if gpu else torch.float32
-    kwargs = {"dtype": dtype, "attn_implementation": switch.get("attn", "sdpa")}
+    dtype = torch.bfloat16 if gpu else torch.float32  # autocast and 4-bit compute; the weights: float32
+    kwargs = {"dtype": torch.float32 if not switch.get("bf16_weights") or not gpu else torch.bfloat16,
+              "attn_implementation": switch.get("attn", "sdpa")}
     if quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
@@ -174,24 +176,20 @@ def bare(folder: str, out: str, args, quantized: bool, **switch) -> dict:
 def loraexp_run(folder: str, out: str, args, quantized: bool, **switch) -> dict:
     """The same run through loraexp (its verification included; tokens per second over
     training only, as the bare script's)."""
-    import torch
-
     from loraexp.config.load import build_config
     from loraexp.run.recipe import run_experiment
 
-    gpu = torch.cuda.is_available()
     training = {"max_steps": args.steps, "per_device_train_batch_size": args.batch, "learning_rate": 2e-4,
-                "warmup_steps": 0, "logging_steps": max(args.steps, 1), "bf16": gpu,
+                "warmup_steps": 0, "logging_steps": max(args.steps, 1),
                 "gradient_checkpointing": switch.get("checkpointing", False),
                 "optim": switch.get("optim", "adamw_torch"),
                 **({"use_liger_kernel": True} if switch.get("liger") else {})}
     overrides = {"model": folder, "task": "shakespeare", "output_dir": out, "max_seq_length": args.seq,
-                 "max_eval_samples": 8, "model_dtype": "bfloat16" if gpu else "float32", "lora": dict(LORA),
+                 "max_eval_samples": 8, "lora": dict(LORA),
                  "training": training, "tracking.wandb": "disabled", "tracking.cka_probe_examples": 0,
                  "verification.merge_eval_batches": 1, "evaluation.base_model": False}
     if quantized:
         overrides.update({"quantization.method": "nf4", "quantization.double_quant": True,
-                          "quantization.compute_dtype": "bfloat16" if gpu else "float32",
                           "quantization.gradient_checkpointing": switch.get("checkpointing", False)})
     reset_peak()
     result = run_experiment(build_config(overrides=overrides), out, os.path.basename(out))
@@ -252,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = kit.shape("llama-3.2-1b")
     folder = kit.random_model_dir(shape, work, "bfloat16" if gpu else "float32")
     switches = [("eager", "bare", {"attn": "eager"}), ("sdpa", "bare", {"attn": "sdpa"}),
+                ("bf16-weights", "bare", {"bf16_weights": True}),
                 ("padded-lima", "bare", {"packing": False}), ("packed-lima", "bare", {"packing": True}),
                 ("checkpointing", "loraexp", {"checkpointing": True}),
                 ("paged-adamw-8bit", "loraexp", {"optim": "paged_adamw_8bit"})]

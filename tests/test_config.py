@@ -222,7 +222,7 @@ def test_every_shipped_config_loads_validates_and_expands(path):
     ({"quantization": {"method": "nf3"}}, "`quantization.method` must be one of none, nf4, fp4, int8, got 'nf3'"),
     ({"quantization": {"method": "int8", "double_quant": True}}, "`quantization.double_quant` applies to nf4/fp4"),
     ({"quantization": {"compute_dtype": "float64"}}, "`quantization.compute_dtype` must be one of"),
-    ({"model_dtype": "int4"}, "`model_dtype` must be one of float32, bfloat16, float16, got 'int4'"),
+    ({"model_dtype": "int4"}, "`model_dtype` must be one of auto, float32, bfloat16, float16, got 'int4'"),
     ({"evaluation": {"generation_samples": 0}}, "`evaluation.generation_samples` must be a positive int"),
     ({"sweep": {"quantizations": ["nf4", "nf2"]}}, "`sweep.quantizations` must list values from"),
     ({"verification": {"merge_space": "bits"}}, "`verification.merge_space` must be one of auto, logits, probs"),

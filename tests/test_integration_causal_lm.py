@@ -19,8 +19,9 @@ FEW_STEPS = ["--max-steps", "3", "--wandb", "offline", "--no-progress", "--set",
 @pytest.mark.parametrize("config, extra, run, metric", [
     ("configs/qlora_nf4.yaml", ["--max-eval-samples", "8"],
      "shakespeare-single/shakespeare-smollm2-135m-r8-a16-attention-nf4dq-lr1e-3-s42", "perplexity"),
-    ("configs/smollm2_sst2.yaml", ["--max-eval-samples", "32", "--max-train-samples", "48"],
-     "sst2-single/sst2-smollm2-135m-r8-a16-attention-lr1e-3-s42", "accuracy"),
+    pytest.param("configs/smollm2_sst2.yaml", ["--max-eval-samples", "32", "--max-train-samples", "48"],
+                 "sst2-single/sst2-smollm2-135m-r8-a16-attention-lr1e-3-s42", "accuracy",
+                 marks=pytest.mark.slow),  # ~20 s; the QLoRA case keeps real SmolLM2 in the default run
 ])
 def test_smollm2_run_end_to_end(config, extra, run, metric, data_dir, smollm2_cache, tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, smollm2_cache)

@@ -57,6 +57,7 @@ def load_run(run_dir: str | Path, quantized: bool = False):
             causal LM.
     """
     from loraexp.config.load import build_config, read_yaml
+    from loraexp.config.precision import resolve_device_defaults
     from loraexp.model.adapters import check_adapter_dir, load_adapter
     from loraexp.model.load import CAUSAL_LM, load_model, load_model_config, model_task_type
     from loraexp.model.quantization import DTYPE_BY_NAME, bnb_config
@@ -72,7 +73,7 @@ def load_run(run_dir: str | Path, quantized: bool = False):
                               "with --export-merged and load the model saved in <run>/merged")
         raise ConfigError(f"`--run` {str(run_dir)!r} has no adapter/ directory: the run did not finish")
     check_adapter_dir(adapter, "--run adapter")
-    cfg = build_config(read_yaml(run_dir / "config.yaml"))
+    cfg = resolve_device_defaults(build_config(read_yaml(run_dir / "config.yaml")))
     if model_task_type(load_model_config(cfg.model, cfg.trust_remote_code)) != CAUSAL_LM:
         raise ConfigError(f"`--run` {str(run_dir)!r} trained {cfg.model!r}, which is not a causal LM")
     quantization = bnb_config(cfg.quantization) if quantized else None

@@ -116,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from loraexp.cli import console
     from loraexp.config.load import load_config, parse_set_overrides
+    from loraexp.config.precision import resolve_device_defaults
 
     console.configure(verbose=args.verbose)
     try:
         overrides = parse_set_overrides(args.overrides)
         cli = {"model": args.model, "task": args.task, "data_dir": args.data_dir,
                "quantization.method": args.quantization}
-        cfg = load_config(args.config, overrides=overrides, cli=cli)
+        cfg = resolve_device_defaults(load_config(args.config, overrides=overrides, cli=cli))
         check_args(args, cfg)
         report = validate(cfg, use_task=_task_requested(args, overrides), steps=args.steps,
                           batch_size=args.batch_size, max_length=args.max_length,

@@ -169,7 +169,9 @@ class QuantizationConfig:
     double_quant: bool = _help("4-bit only: quantize the quantization constants too (QLoRA §3, "
                                "'double quantization'; ~0.37 bits/param saved).", flag="--double-quant",
                                default=False)
-    compute_dtype: str = _help("dtype of the 4-bit matmuls.", choices=DTYPES, default="float32")
+    compute_dtype: str = _help("dtype of the 4-bit matmuls; auto: on a GPU that computes in bf16, bfloat16 under bf16 "
+                               "autocast and float16 under fp16, else float32 (loraexp.config.precision).",
+                               choices=("auto", *DTYPES), default="auto")
     gradient_checkpointing: bool = _help(
         "With a quantized base: gradient checkpointing with input grads enabled "
         "(peft.prepare_model_for_kbit_training).", default=True)
@@ -326,7 +328,11 @@ class ExperimentConfig:
         "eva (LoRA variants through PEFT; docs/methods.md).", choices=METHODS, flag="--method", default="lora")
     method_options: MethodOptions = _help("Settings of full fine-tuning and the LoRA variants.",
                                           default_factory=MethodOptions)
-    model_dtype: str = _help("dtype the base model's weights are loaded in.", choices=DTYPES, default="float32")
+    model_dtype: str = _help(
+        "dtype the base model's weights are loaded in; auto: float32, and on a GPU that computes in bf16 "
+        "natively bf16 autocast too (training.bf16: true unless training names bf16 or fp16); bfloat16 weights are "
+        "an explicit choice (loraexp.config.precision, docs/gpu.md; the resolved value is in config.yaml and the "
+        "run id).", choices=("auto", *DTYPES), default="auto")
     data_dir: str | None = _help(
         f"Directory with local task files (layout of shared/data); None reads ${DATA_DIR_ENV}, "
         "and if that is unset too, the Hugging Face Hub.", flag="--data-dir", default=None)
@@ -391,7 +397,9 @@ class ExperimentConfig:
         rank ablation is the same run as that of a method ablation); ``method`` and
         ``method_options`` appear only for methods other than plain LoRA, so the run ids of
         LoRA runs are those of loraexp before methods existed."""
-        d = self.to_dict()
+        from loraexp.config.precision import resolve_device_defaults  # imports torch only for an 'auto' dtype
+
+        d = resolve_device_defaults(self).to_dict()
         for key in ("output_dir", "data_dir", "tracking", "sweep"):
             d.pop(key)
         if self.task != "squad_v2":

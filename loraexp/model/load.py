@@ -242,8 +242,10 @@ def load_base(cfg: ExperimentConfig, task_type: str, num_labels: int, quantized:
     Raises:
         ModelError | ConfigError: see :func:`loraexp.model.load.load_model`.
     """
+    from loraexp.config.precision import resolve_device_defaults
     from loraexp.model.quantization import DTYPE_BY_NAME, bnb_config, prepare_for_training
 
+    cfg = resolve_device_defaults(cfg)
     quantization = bnb_config(cfg.quantization) if quantized else None
     model, tokenizer = load_model(cfg.model, task_type, num_labels, cfg.trust_remote_code,
                                   dtype=DTYPE_BY_NAME[cfg.model_dtype], quantization_config=quantization)

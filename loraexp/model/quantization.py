@@ -18,6 +18,14 @@ from loraexp.errors import ConfigError
 DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def compute_dtype_name(q: QuantizationConfig) -> str:
+    """``q.compute_dtype``, with ``auto`` resolved for this device as a run without a named
+    mixed precision resolves it (:func:`loraexp.config.precision.auto_compute_dtype`)."""
+    from loraexp.config.precision import AUTO, auto_compute_dtype
+
+    return auto_compute_dtype({"bf16": True}, q.method) if q.compute_dtype == AUTO else q.compute_dtype
+
+
 def bnb_config(q: QuantizationConfig):
     """``transformers.BitsAndBytesConfig`` for ``q``, or None when ``q.method`` is ``none``.
 
@@ -41,7 +49,7 @@ def bnb_config(q: QuantizationConfig):
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.method,
                               bnb_4bit_use_double_quant=q.double_quant,
-                              bnb_4bit_compute_dtype=DTYPE_BY_NAME[q.compute_dtype])
+                              bnb_4bit_compute_dtype=DTYPE_BY_NAME[compute_dtype_name(q)])
 
 
 def check_backend(q: QuantizationConfig, device: str) -> None:
@@ -64,7 +72,7 @@ def check_backend(q: QuantizationConfig, device: str) -> None:
         if q.method == "int8":
             F.int8_vectorwise_quant(torch.randn(64, 64, dtype=torch.float16, device=device))
         else:
-            x = torch.randn(64, 64, dtype=DTYPE_BY_NAME[q.compute_dtype], device=device)
+            x = torch.randn(64, 64, dtype=DTYPE_BY_NAME[compute_dtype_name(q)], device=device)
             packed, state = F.quantize_4bit(x, quant_type=q.method, compress_statistics=q.double_quant)
             F.dequantize_4bit(packed, state)
     except Exception as exc:  # NotImplementedError / RuntimeError from a backend without the kernel

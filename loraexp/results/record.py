@@ -247,7 +247,8 @@ class Resolved:
     """What the config resolved to when the run started: model path, objective (a
     ``peft.TaskType`` value), PEFT's target modules, data source, fingerprint
     (:mod:`loraexp.tasks.fingerprint`) and sizes (examples), the W&B mode actually used
-    (``tracking``: e.g. ``offline (fallback: CommError: ...)`` when online failed)."""
+    (``tracking``: e.g. ``offline (fallback: CommError: ...)`` when online failed), and the
+    precision it trained in (``precision``)."""
 
     model_path: str = ""
     model_type: str = ""
@@ -264,6 +265,10 @@ class Resolved:
     method: str = "lora"
     init_lora_weights: Any = None
     learning_rate: float | None = None
+    # the precision the run trained in: model_dtype (the weights), autocast (bf16 | fp16 | None),
+    # compute_dtype (a quantized base's matmuls), attn_implementation (sdpa, eager, ...);
+    # docs/gpu.md, "Defaults on a GPU"
+    precision: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

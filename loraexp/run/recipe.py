@@ -110,8 +110,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, run_name: str, re
         ``error`` starting "disk full" after the partial checkpoint is removed
         (:meth:`LoraRecipe.fail`); the caller stops the sweep.
     """
+    from loraexp.config.precision import resolve_device_defaults
     from loraexp.run.preemption import Preempted, deferred
 
+    cfg = resolve_device_defaults(cfg)  # the dtypes this device trains in (config.yaml and the record hold them)
     recipe = LoraRecipe(cfg, run_dir, run_name, extra_callbacks, start_over=start_over, until_step=until_step)
     stage = recipe.run_stage
     started = time.time()
@@ -273,7 +275,7 @@ class LoraRecipe:
                    else self.training.get("optim", "adamw_torch")),
             device=str(tuned.model.device), method=cfg.method,
             init_lora_weights=init_name(lora_config.init_lora_weights) if lora_config else None,
-            learning_rate=self.training["learning_rate"])
+            learning_rate=self.training["learning_rate"], precision=self.precision(base.model))
         self.record.verification.not_applicable = not_applicable_checks(
             cfg.method, tuned.init_lora_weights, cfg.quantization.method != "none")
         if cfg.verification.min_loss_decrease is None:
@@ -549,6 +551,15 @@ class LoraRecipe:
         except OSError:
             return False
         return True
+
+    def precision(self, model) -> dict[str, Any]:
+        """What the run trains in: the weights' dtype, the autocast, a quantized base's compute
+        dtype, and the attention implementation transformers chose (``config._attn_implementation``)."""
+        training, q = self.training, self.cfg.quantization
+        return {"model_dtype": self.cfg.model_dtype,
+                "autocast": "bf16" if training.get("bf16") else "fp16" if training.get("fp16") else None,
+                "compute_dtype": q.compute_dtype if q.method != "none" else None,
+                "attn_implementation": getattr(model.config, "_attn_implementation", None)}
 
     def save_merged(self, model, tokenizer) -> None:
         """``save_pretrained`` ``model`` and the tokenizer to ``<run>/merged`` (``export_merged``)."""

@@ -16,6 +16,7 @@ import itertools
 from typing import Any
 
 from loraexp.config.load import apply_overrides
+from loraexp.config.precision import resolve_device_defaults
 from loraexp.config.schema import PROTOCOL_SEEDS, ExperimentConfig
 from loraexp.results.naming import effective_identity, run_name, sweep_name
 from loraexp.sweep import axes as variants
@@ -97,7 +98,8 @@ def overrides_for(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 def expand(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     """``(run_name, config)`` for every run of the sweep, in a stable order.
 
-    Each run config is the base with its overrides applied and ``sweep.mode`` set to
+    Each run config is the base with its overrides applied, its ``auto`` dtypes resolved for this
+    device (:func:`~loraexp.config.precision.resolve_device_defaults`) and ``sweep.mode`` set to
     ``single`` (so a saved config reproduces exactly one run). Points that give the same run
     (:func:`effective_identity`) run once. Names that collide (a
     grid over a field the name does not show) get the run id appended.
@@ -107,8 +109,8 @@ def expand(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     """
     runs, seen = [], set()
     for point in overrides_for(cfg):
-        run_cfg = apply_overrides(cfg, {**point, "sweep.mode": "single", "sweep.ablation_type": None,
-                                        "sweep.name": sweep_name(cfg)})
+        single = {**point, "sweep.mode": "single", "sweep.ablation_type": None, "sweep.name": sweep_name(cfg)}
+        run_cfg = resolve_device_defaults(apply_overrides(cfg, single))
         key = effective_identity(run_cfg)
         if key not in seen:  # e.g. full fine-tuning in a grid over lora.r: one run, not one per r
             seen.add(key)

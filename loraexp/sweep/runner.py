@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loraexp.config.load import apply_overrides
+from loraexp.config.precision import resolve_device_defaults
 from loraexp.config.schema import ExperimentConfig
 from loraexp.errors import ConfigError, DiskFullError
 from loraexp.results.comparison import Settings
@@ -296,8 +297,8 @@ def _write_summary(cfg: ExperimentConfig, sweep_dir: Path, runs: list[tuple[str,
 
 def trial_config(base: ExperimentConfig, overrides: dict[str, Any]) -> tuple[str, ExperimentConfig, Path]:
     """``(run name, run config, sweep dir)`` of the run ``overrides`` pick from ``base``'s sweep."""
-    cfg = apply_overrides(base, {**overrides, "sweep.mode": "single", "sweep.ablation_type": None,
-                                 "sweep.name": sweep_name(base)})
+    cfg = resolve_device_defaults(apply_overrides(base, {**overrides, "sweep.mode": "single",
+                                                         "sweep.ablation_type": None, "sweep.name": sweep_name(base)}))
     name = next((n for n, c in expand(base) if c.run_id == cfg.run_id), run_name(cfg))
     return name, cfg, Path(base.output_dir) / sweep_name(base)
 

@@ -5,7 +5,9 @@ a 100-step convergence run, QLoRA (NF4, double quantization) on the SmolLM2-135M
 Run by ``pytest -m gpu tests/gpu`` (``scripts/gpu_kit.sh run`` on a lent GPU). Skipped without
 CUDA, unless ``LORAEXP_GPU_TINY=1`` (``scripts/gpu_kit.sh dry-run``): then the same tests run on
 the CPU with the kit's tiny shape, and the thresholds that hold only for the real shapes on a
-GPU (the 512 MB peak of ``torch.cuda.max_memory_allocated``) are recorded, not asserted. Each
+GPU (the 512 MB peak of ``torch.cuda.max_memory_allocated``) are recorded, not asserted. The
+runs use loraexp's precision defaults (``auto``: on a bf16 GPU, float32 weights under bf16
+autocast, 4-bit matmuls in bf16). Each
 tier's figures go to ``$OUT/gpu-tiers.json`` (or ``.gpu-kit-out/``).
 """
 
@@ -50,11 +52,11 @@ def _config(model_dir: str, out: Path, steps: int, **overrides):
     from loraexp.config.load import build_config
 
     training = {"max_steps": steps, "per_device_train_batch_size": 8, "learning_rate": 2e-3, "warmup_steps": 0,
-                "logging_steps": 1, "lr_scheduler_type": "constant", **({"bf16": True} if CUDA else {})}
+                "logging_steps": 1, "lr_scheduler_type": "constant"}  # the precision: loraexp's defaults (auto)
     training.update(overrides.pop("training", {}))
     return build_config(overrides={
         "model": model_dir, "task": "shakespeare", "output_dir": str(out), "max_seq_length": 256 if CUDA else 64,
-        "max_eval_samples": 32, "model_dtype": "bfloat16" if CUDA else "float32", "training": training,
+        "max_eval_samples": 32, "training": training,
         "tracking.wandb": "disabled", "tracking.cka_probe_examples": 16, "verification.merge_eval_batches": 1,
         **overrides})
 
@@ -81,9 +83,11 @@ def test_quick_iteration_10_steps_in_bf16_passes_every_check(models, tmp_path):
     v = result.record.verification
     assert v.frozen_base.passed and v.grad_flow.passed and v.reload.passed and v.merge.passed
     assert result.record.completion.trained_steps == 10
-    if CUDA:
+    if CUDA:  # the GPU defaults: float32 weights under bf16 autocast, SDPA attention
         assert result.record.training_efficiency["peak_mem_kind"] == "cuda_allocated"
         assert result.record.resolved.device.startswith("cuda")
+        assert result.record.resolved.precision["autocast"] == "bf16"
+        assert result.record.resolved.precision["attn_implementation"] == "sdpa"
 
 
 def test_convergence_100_steps_lowers_the_loss_by_30_percent(tmp_path):
@@ -112,9 +116,7 @@ def test_qlora_nf4_double_quant_on_the_smollm2_shape_stays_under_512_mb(models, 
     from loraexp.run.recipe import run_experiment
 
     folder = kit.random_model_dir(kit.shape("smollm2-135m"), models, "bfloat16" if CUDA else "float32")
-    cfg = _config(folder, tmp_path, 10, **{
-        "quantization.method": "nf4", "quantization.double_quant": True,
-        "quantization.compute_dtype": "bfloat16" if CUDA else "float32"})
+    cfg = _config(folder, tmp_path, 10, **{"quantization.method": "nf4", "quantization.double_quant": True})
     result = run_experiment(cfg, tmp_path / "run", "qlora")
     FIGURES["qlora_nf4_dq"] = _figures(result)
     assert result.status == "completed", result.record.error
@@ -122,6 +124,7 @@ def test_qlora_nf4_double_quant_on_the_smollm2_shape_stays_under_512_mb(models, 
     assert v.frozen_base.passed and v.grad_flow.passed and v.merge.passed  # merged into a full-precision reload
     assert v.merge.quantization_gap_max_abs_diff is not None  # the 4-bit vs 16-bit gap, reported apart
     if CUDA:
+        assert result.record.resolved.precision["compute_dtype"] == "bfloat16"
         peak = result.record.training_efficiency["peak_mem_bytes"]
         assert result.record.training_efficiency["peak_mem_kind"] == "cuda_allocated"
         assert peak < QLORA_PEAK_BYTES, f"peak {peak / 2**20:.0f} MiB"

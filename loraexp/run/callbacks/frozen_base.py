@@ -60,7 +60,8 @@ class FrozenBaseCallback(TrainerCallback):
     def state_now(self, model) -> FrozenBaseCheck:
         """``result`` as it would be if training ended now (for a checkpoint's record)."""
         changed = changed_tensors(self._start, fingerprint_base(model))
-        return dataclasses.replace(self.result, changed_tensors=changed, passed=not changed)
+        return dataclasses.replace(self.result, changed_tensors=changed, passed=not (
+            changed or self.result.base_requires_grad or self.result.base_with_grad))
 
     def on_train_end(self, args, state, control, **kwargs):
         changed = changed_tensors(self._start, fingerprint_base(kwargs["model"]))
