@@ -238,3 +238,18 @@ def test_help_and_bad_input_import_no_heavy_library():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("heavy:")]
     assert lines == [f"heavy: [] code: {code} expected: {code}" for _, code in cases], proc.stdout + proc.stderr
+
+
+def test_a_stage_raising_without_a_message_is_a_failed_line_not_a_traceback(monkeypatch):
+    """An exception with an empty message (bitsandbytes' bare asserts) fails the stage's first
+    check with its type, and the stage's other checks are not run."""
+    from loraexp.run import training_args
+
+    def bare_assert(*args, **kwargs):
+        raise AssertionError()
+
+    monkeypatch.setattr(training_args, "training_arguments", bare_assert)
+    cfg = build_config(overrides={"verification.latency_repeats": 1})
+    checks = {c.name: c for c in V.run_checks(cfg, _inputs("llama", True), steps=2)}
+    assert checks[V.LOSS].status == V.FAIL and checks[V.LOSS].figure == "AssertionError: "
+    assert checks[V.FROZEN].status == V.NOT_RUN and "training loss raised an error" in checks[V.FROZEN].figure

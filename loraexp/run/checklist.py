@@ -256,8 +256,8 @@ class _Validation:
                 pending = [n for n in names if n not in self.checks]
                 logger.debug("validate: %s raised", stage.__name__, exc_info=True)
                 if pending:
-                    self.checks[pending[0]] = Check(pending[0], FAIL, f"{type(exc).__name__}: "
-                                                                      f"{str(exc).splitlines()[0][:300]}")
+                    first_line = (str(exc).splitlines() or [""])[0][:300]
+                    self.checks[pending[0]] = Check(pending[0], FAIL, f"{type(exc).__name__}: {first_line}")
                 for name in pending[1:]:
                     self.checks[name] = Check(name, NOT_RUN, f"{pending[0]} raised an error")
             if self.tuned is None:  # no adapter: nothing else can run
