@@ -12,6 +12,7 @@ from conftest import TINY_CONFIGS
 from loraexp.cli import main as cli
 from loraexp.config.load import build_config
 from loraexp.run import checklist as V
+from loraexp.run import checklist_report as R
 
 # -- the checklist on tiny in-memory models ----------------------------------------------------
 
@@ -106,7 +107,7 @@ def test_adapter_names_grouped_by_type():
 def test_report_renders_one_line_per_check_and_the_verdict():
     checks = [V.Check(n, V.PASS, "fine", "> 0") for n in V.CHECK_NAMES[:-1]] + [V.Check(V.MEMORY, V.INFO, "1 GiB")]
     checks[2] = V.Check(V.FROZEN, V.FAIL, "1 of 9 base tensors require grad", "none")
-    report = V.Report("m", "SEQ_CLS", "synthetic", 4, 2e-3, "lora", "none", {"r": 8}, checks, seconds=1.0)
+    report = R.Report("m", "SEQ_CLS", "synthetic", 4, 2e-3, "lora", "none", {"r": 8}, checks, seconds=1.0)
     text = report.render()
     assert report.exit_code == 1 and not report.passed
     for check in checks:

@@ -28,9 +28,9 @@ from loraexp.run.checklist import (
     DEFAULT_STEPS,
     SYNTHETIC_LABELS,
     Inputs,
-    Report,
     run_checks,
 )
+from loraexp.run.checklist_report import Report
 
 logger = logging.getLogger(__name__)
 

@@ -27,65 +27,44 @@ module level.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loraexp.config.schema import ExperimentConfig
 from loraexp.errors import ConfigError
+from loraexp.run.checklist_report import (
+    ADAPTERS,
+    CHECK_NAMES,
+    FAIL,
+    FROZEN,
+    GRAD_FLOW,
+    INFO,
+    LORA_CHANGED,
+    LOSS,
+    MEMORY,
+    MERGE,
+    NOT_RUN,
+    PASS,
+    ROUND_TRIP,
+    TRAINABLE,
+    UNCHANGED,
+    Check,
+    figure_number,
+)
 
 logger = logging.getLogger(__name__)
-
-# One line each, in this order.
-ADAPTERS = "adapters applied"
-TRAINABLE = "trainable parameters"
-FROZEN = "base frozen"
-GRAD_FLOW = "gradient flow"
-LOSS = "training loss"
-LORA_CHANGED = "LoRA parameters changed"
-UNCHANGED = "base unchanged"
-ROUND_TRIP = "save/load round trip"
-MERGE = "merge equivalence"
-MEMORY = "peak memory"
-CHECK_NAMES = (ADAPTERS, TRAINABLE, FROZEN, GRAD_FLOW, LOSS, LORA_CHANGED, UNCHANGED, ROUND_TRIP, MERGE, MEMORY)
-
-PASS, FAIL, NOT_RUN, INFO = "pass", "fail", "not run", "info"
 
 DEFAULT_STEPS = 4
 DEFAULT_BATCH_SIZE = 4
 DEFAULT_MAX_LENGTH = 32
 SYNTHETIC_LABELS = 2  # classes of the synthetic labels of an encoder (a fresh 2-way head)
-
-
-@dataclass
-class Check:
-    """One line of the checklist.
-
-    Attributes:
-        name: one of :data:`CHECK_NAMES`.
-        status: ``pass`` | ``fail`` | ``not run`` (an earlier stage failed; counts as failed) |
-            ``info`` (a figure without a threshold).
-        figure: what was measured, for a person.
-        threshold: the rule the figure is held to.
-        details: the figures as numbers (``--json``), e.g. a
-            :class:`~loraexp.results.record.MergeCheck` as a dict.
-    """
-
-    name: str
-    status: str
-    figure: str
-    threshold: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool | None:
-        """True/False for a pass/fail; None for information and for a check that did not run."""
-        return {PASS: True, FAIL: False}.get(self.status)
 
 
 @dataclass
@@ -100,8 +79,8 @@ class Inputs:
         task_type: ``SEQ_CLS`` | ``CAUSAL_LM`` (``peft.TaskType`` value).
         space: where the round trip and the merge compare outputs (``logits`` | ``probs``).
         check_rows: rows of the batch the round trip and merge compare (None: all).
-        fresh_base: ``fresh_base(quantized)`` loads the base again (the round trip loads the
-            saved adapter onto it; a quantized base merges into ``fresh_base(False)``).
+        fresh_base: ``fresh_base(quantized)`` loads the base again; the reload and merge checks
+            take ``fresh_base(False)``, the full-precision original.
         data: what the batch is, for a person (``sst2 train: 4 rows, 31 tokens max``).
     """
 
@@ -112,66 +91,6 @@ class Inputs:
     check_rows: int | None
     fresh_base: Callable[[bool], Any]
     data: str
-
-
-@dataclass
-class Report:
-    """The checklist of one validation and what it ran on; :attr:`passed` when every check
-    passed (information lines do not count, a check that did not run counts as failed)."""
-
-    model: str
-    objective: str
-    data: str
-    steps: int
-    learning_rate: float
-    method: str
-    quantization: str
-    lora: dict[str, Any]
-    checks: list[Check]
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return all(c.status in (PASS, INFO) for c in self.checks)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable: ``passed``, ``exit_code``, what ran, and one object per check
-        (``name``, ``status``, ``passed``, ``figure``, ``threshold``, ``details``)."""
-        out = {"passed": self.passed, "exit_code": self.exit_code, "seconds": round(self.seconds, 2),
-               "model": self.model, "objective": self.objective, "data": self.data, "steps": self.steps,
-               "learning_rate": self.learning_rate, "method": self.method, "quantization": self.quantization,
-               "lora": self.lora}
-        out["checks"] = [{"name": c.name, "status": c.status, "passed": c.passed, "figure": c.figure,
-                          "threshold": c.threshold, "details": c.details} for c in self.checks]
-        return _plain(out)
-
-    def render(self) -> str:
-        """The checklist for a terminal: a header, one line per check (result, name, threshold,
-        figure), and a verdict line."""
-        lora = ", ".join(f"{k}={v}" for k, v in self.lora.items() if k in ("r", "lora_alpha", "target_modules"))
-        quant = "" if self.quantization == "none" else f", {self.quantization} base"
-        lines = [f"loraexp validate: {self.model} ({self.objective}{quant}), {self.method} {lora}",
-                 f"  data: {self.data}; {self.steps} AdamW steps at learning rate {self.learning_rate:g}", ""]
-        name_width = max(len(c.name) for c in self.checks)
-        threshold_width = max(len(c.threshold) for c in self.checks)
-        lines.append(f"{'result':<7}  {'check':<{name_width}}  {'threshold':<{threshold_width}}  figure")
-        for c in self.checks:
-            lines.append(f"{c.status.upper():<7}  {c.name:<{name_width}}  {c.threshold:<{threshold_width}}  {c.figure}")
-        failed = [c.name for c in self.checks if c.status == FAIL]
-        not_run = [c.name for c in self.checks if c.status == NOT_RUN]
-        counted = len([c for c in self.checks if c.status != INFO])
-        parts = []
-        if failed:
-            parts.append(f"{len(failed)} of {counted} checks failed: {', '.join(failed)}")
-        if not_run:
-            parts.append(f"{len(not_run)} did not run")
-        verdict = "; ".join(parts) or f"all {counted} checks passed"
-        lines += ["", f"{verdict} ({self.seconds:.1f} s)"]
-        return "\n".join(lines)
 
 
 # -- the checks --------------------------------------------------------------------------------
@@ -211,7 +130,7 @@ class _FixedBatch:
     def merge_space(self) -> str:
         return self.inputs.space
 
-    @property
+    @functools.cached_property
     def rows(self) -> list[dict[str, Any]]:
         batch = self.inputs.batch
         # on the CPU: the Trainer moves each batch to the model's device (and pins CPU memory)
@@ -398,19 +317,19 @@ class _Validation:
             self.checks[ROUND_TRIP] = Check(ROUND_TRIP, INFO, f"not applicable: {why_not}")
         else:
             result = self.verification.reload
-            figure = (f"max |Δ {self.inputs.space}| {_num(result.max_abs_diff)} ({result.precision}); trained vs base "
-                      f"max |Δlogit| {_num(result.base_max_abs_diff)}")
+            figure = (f"max |Δ {self.inputs.space}| {figure_number(result.max_abs_diff)} ({result.precision}); "
+                      f"trained vs base max |Δlogit| {figure_number(result.base_max_abs_diff)}")
             if result.reason:
                 figure += f"; {result.reason}"
             self.checks[ROUND_TRIP] = Check(ROUND_TRIP, PASS if result.passed else FAIL, figure,
                                             f"<= {v.merge_atol:g}", dataclasses.asdict(result))
         result = self.verification.merge
         atol = v.quantized_merge_atol if self.quantized else v.merge_atol
-        figure = (f"max |Δ {result.space}| {_num(result.max_abs_diff)} ({result.precision}); adapter vs base max "
-                  f"|Δlogit| {_num(result.adapter_vs_base_max_abs_diff)}")
+        figure = (f"max |Δ {result.space}| {figure_number(result.max_abs_diff)} ({result.precision}); "
+                  f"adapter vs base max |Δlogit| {figure_number(result.adapter_vs_base_max_abs_diff)}")
         if result.quantization_gap_max_abs_diff is not None:
             figure += (f"; merged into a full-precision reload; 4-bit vs full-precision adapter max |Δprobs| "
-                       f"{_num(result.quantization_gap_max_abs_diff)}")
+                       f"{figure_number(result.quantization_gap_max_abs_diff)}")
         if result.reason:
             figure += f"; {result.reason}"
         self.checks[MERGE] = Check(MERGE, PASS if result.passed else FAIL, figure, f"<= {atol:g}",
@@ -433,12 +352,12 @@ class _Validation:
     def _grad_flow_check(self, result, error: str | None) -> Check:
         parts = []
         if result.lora_B_min_grad_norm_step1 is not None:
-            parts.append(f"lora_B min |grad| {_num(result.lora_B_min_grad_norm_step1)} at step 1")
+            parts.append(f"lora_B min |grad| {figure_number(result.lora_B_min_grad_norm_step1)} at step 1")
         if result.lora_A_min_grad_norm is not None:
-            parts.append(f"lora_A min |grad| {_num(result.lora_A_min_grad_norm)} by step "
+            parts.append(f"lora_A min |grad| {figure_number(result.lora_A_min_grad_norm)} by step "
                          f"{result.lora_A_verified_step}")
         if result.magnitude_min_grad_norm_step1 is not None:
-            parts.append(f"DoRA magnitude min |grad| {_num(result.magnitude_min_grad_norm_step1)}")
+            parts.append(f"DoRA magnitude min |grad| {figure_number(result.magnitude_min_grad_norm_step1)}")
         figure = "; ".join(parts) or "no gradient observed"
         if not result.passed:
             figure += f"; {error or result.reason}"
@@ -479,24 +398,3 @@ def group_by_type(names: list[str]) -> dict[str, int]:
         key = n.split(".")[-1] if len(kinds[n.split(".")[-1]]) == 1 else suffix(n)
         out[key] = out.get(key, 0) + 1
     return out
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as strict JSON data: tuples and sets as lists, a non-finite float as its name
-    (``"nan"``, ``"inf"``), anything else unknown as its ``str``."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def _num(value: float | None) -> str:
-    """A figure to two significant digits (``3.1e-08``, ``0.067``, ``0``)."""
-    if value is None:
-        return "n/a"
-    return "0" if value == 0 else f"{value:.2g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.1e}"
